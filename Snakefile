@@ -1,0 +1,30 @@
+# exitbench: how much early-exit potential do causal language models leave?
+# Stages (one file each in workflow/rules): workload -> tokenize -> extract -> score
+# -> aggregate -> figures; zoo trains the embedded default's models.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/zoo.smk"
+include: "workflow/rules/workload.smk"
+include: "workflow/rules/tokenize.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        "results/summary.parquet",
+        "results/summary.csv",
+        expand("figures/{figure}.{ext}", figure=FIGURES, ext=["pdf", "png"]),
+    default_target: True

@@ -1,0 +1,74 @@
+"""Config validation: wrong keys and types fail with the key's path, defaults are filled."""
+
+import pytest
+
+from exitbench.config import ConfigError, validate_config
+
+
+def minimal(**overrides):
+    config = {
+        "models": {"tiny": {"path": "some/dir"}},
+        "workloads": {"docs": {"source": "embedded", "name": "python-docs"}},
+    }
+    config.update(overrides)
+    return config
+
+
+def test_defaults_are_filled():
+    config = validate_config(minimal())
+    assert config["seed"] == 0
+    assert config["tokenize"] == {
+        "seq_len": 256,
+        "max_sequences": 64,
+        "mode": "document",
+        "add_bos": "auto",
+    }
+    assert config["extract"]["top_k"] == 5
+    assert config["extract"]["shard_sequences"] == 32
+    assert config["models"]["tiny"]["dtype"] == "float32"
+    assert config["workloads"]["docs"]["subset"] == "all"
+    assert config["score"]["consistency_targets"] == [0.99, 0.95]
+
+
+def test_input_is_not_mutated():
+    config = minimal()
+    validate_config(config)
+    assert "tokenize" not in config
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "expected"),
+    [
+        (lambda c: c["models"]["tiny"].update(dtype="float64"), "models.tiny.dtype", "float64"),
+        (lambda c: c["models"]["tiny"].update(colour="red"), "models.tiny", "colour"),
+        (lambda c: c.update(tokenize={"seq_len": "long"}), "tokenize.seq_len", "'long'"),
+        (lambda c: c.update(extract={"topk": 5}), "extract", "allowed keys"),
+        (lambda c: c["workloads"]["docs"].update(source="web"), "workloads.docs.source", "web"),
+        (lambda c: c.update(surprise=1), "<top level>", "surprise"),
+        (lambda c: c["models"].update(both={"path": "a", "hf_id": "o/m"}), "models.both", "one of"),
+        (lambda c: c["models"].update(neither={"dtype": "auto"}), "models.neither", "one of"),
+        (lambda c: c["workloads"].update(f={"source": "file"}), "workloads.f", "'path'"),
+    ],
+)
+def test_bad_config_names_key(change, path, expected):
+    config = minimal()
+    change(config)
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    message = str(err.value)
+    assert f"config key '{path}'" in message
+    assert expected in message
+
+
+def test_base_model_must_exist():
+    config = minimal()
+    config["models"]["tiny"]["base_model"] = "nope"
+    with pytest.raises(ConfigError, match=r"models\.tiny\.base_model.*'nope'"):
+        validate_config(config)
+
+
+def test_revision_needs_hub_id():
+    config = minimal()
+    config["models"]["tiny"]["revision"] = "step1"
+    with pytest.raises(ConfigError, match=r"models\.tiny\.revision"):
+        validate_config(config)

@@ -1,0 +1,1 @@
+"""exitbench: measure the early-exit potential of causal language models."""

@@ -1,0 +1,41 @@
+# Stage 3: the logit lens, one shard of windows per job (GPU where present).
+from exitbench.resources import extract_resources
+
+
+def extract_resource(key):
+    def get(wildcards, attempt):
+        entry = config["models"][wildcards.model]
+        return extract_resources(entry, attempt, DEFAULT_GPU)[key]
+
+    return get
+
+
+DEFAULT_GPU = int(config.get("resources", {}).get("gpu", 0))
+
+
+rule extract:
+    input:
+        tokens="results/tokens/{model}/{workload}.parquet",
+        model_info="results/models/{model}.json",
+        weights=model_inputs,
+    output:
+        "results/lens/{model}/{workload}/shard-{shard}.parquet",
+    params:
+        source=model_source,
+        extract=config["extract"],
+        seed=config["seed"],
+    log:
+        "results/logs/extract/{model}/{workload}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/extract/{model}/{workload}/shard-{shard}.tsv"
+    threads: 2
+    retries: 2
+    resources:
+        gpu=extract_resource("gpu"),
+        mem_mb=extract_resource("mem_mb"),
+        runtime=extract_resource("runtime"),
+        cpus_per_gpu=extract_resource("cpus_per_gpu"),
+    conda:
+        "../../envs/exitbench.yaml"
+    script:
+        "../scripts/extract.py"

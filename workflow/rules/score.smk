@@ -1,0 +1,28 @@
+# Stage 4: per-layer curves and early-exit headline numbers with bootstrap CIs.
+
+
+rule score:
+    input:
+        shards=lens_shards,
+        tokens="results/tokens/{model}/{workload}.parquet",
+        model_info="results/models/{model}.json",
+        workload="results/workloads/{workload}.json",
+    output:
+        curves="results/scores/{model}/{workload}.parquet",
+        headline="results/scores/{model}/{workload}.json",
+    params:
+        source=model_source,
+        score=config["score"],
+        seq_len=config["tokenize"]["seq_len"],
+        seed=config["seed"],
+    log:
+        "results/logs/score/{model}/{workload}.log",
+    benchmark:
+        "results/benchmarks/score/{model}/{workload}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/exitbench.yaml"
+    script:
+        "../scripts/score.py"

@@ -1,0 +1,16 @@
+# Stage 1: documents of each workload (embedded corpus, local file or hub dataset).
+
+
+rule workload:
+    output:
+        table="results/workloads/{workload}.parquet",
+        provenance="results/workloads/{workload}.json",
+    params:
+        spec=lambda wildcards: config["workloads"][wildcards.workload],
+        seed=config["seed"],
+    log:
+        "results/logs/workload/{workload}.log",
+    conda:
+        "../../envs/exitbench.yaml"
+    script:
+        "../scripts/workload.py"

@@ -1,0 +1,7 @@
+"""Snakemake adapter: a model's architecture facts, from its config only (no weights)."""
+
+from exitbench import logs, models, provenance
+
+logs.setup(snakemake.log[0])  # noqa: F821
+info = models.describe_model(snakemake.wildcards.model, snakemake.params.source)  # noqa: F821
+provenance.write_json(info, snakemake.output[0])  # noqa: F821
