@@ -151,5 +151,6 @@ def read_table(
         return file.read(columns=columns)
     except (OSError, pa.ArrowInvalid) as err:
         raise TableError(
-            f"{path}: Parquet data is corrupt ({err}); delete it and rerun snakemake to recompute it"
+            f"{path}: Parquet data is corrupt ({err}); delete it and rerun "
+            "snakemake with --rerun-incomplete to recompute it"
         ) from err

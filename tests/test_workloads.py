@@ -1,0 +1,208 @@
+"""Workloads: subsets, sampling, embedded corpora, file and hub sources, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from exitbench import tables, workloads
+from exitbench.workloads import WorkloadError, load_documents
+
+
+def frame(doc_ids, texts=None) -> pd.DataFrame:
+    texts = texts or [f"text of {d}" for d in doc_ids]
+    return pd.DataFrame({"doc_id": doc_ids, "text": texts, "prompt": [None] * len(doc_ids)})
+
+
+IDS = [f"doc-{i}" for i in range(1000)]
+
+
+def test_split_of_is_the_seeded_hash_rule():
+    for doc_id in IDS[:50]:
+        value = int(hashlib.sha256(f"7:{doc_id}".encode()).hexdigest(), 16) / 2**256
+        assert workloads.split_of(doc_id, 0.2, 7) == ("heldout" if value < 0.2 else "train")
+    assert [workloads.split_of(d, 0.2, 0) for d in IDS] == [
+        workloads.split_of(d, 0.2, 0) for d in IDS
+    ]
+    # another seed gives another split
+    assert [workloads.split_of(d, 0.2, 0) for d in IDS] != [
+        workloads.split_of(d, 0.2, 1) for d in IDS
+    ]
+
+
+def test_subsets_are_complementary_with_the_heldout_fraction():
+    docs = frame(IDS)
+    train = workloads.select_subset(docs, "train", 0.2, 0)
+    heldout = workloads.select_subset(docs, "heldout", 0.2, 0)
+    assert set(train["doc_id"]).isdisjoint(heldout["doc_id"])
+    assert set(train["doc_id"]) | set(heldout["doc_id"]) == set(IDS)
+    assert 0.16 <= len(heldout) / len(IDS) <= 0.24  # binomial sd 0.013
+    assert len(workloads.select_subset(docs, "all", 0.2, 0)) == 1000
+    # a document's split does not depend on which other documents exist
+    small = workloads.select_subset(frame(IDS[:100]), "heldout", 0.2, 0)
+    assert set(small["doc_id"]) == set(heldout["doc_id"]) & set(IDS[:100])
+
+
+def test_sampling_is_stable_and_independent_of_input_order():
+    docs = frame(IDS)
+    shuffled = docs.sample(frac=1, random_state=3).reset_index(drop=True)
+    first = workloads.sample_documents(docs, 25, seed=0)
+    assert list(first["doc_id"]) == list(workloads.sample_documents(shuffled, 25, 0)["doc_id"])
+    assert list(first["doc_id"]) == sorted(first["doc_id"])
+    by_hash = sorted(IDS, key=lambda d: hashlib.sha256(f"0:sample:{d}".encode()).hexdigest())
+    assert list(first["doc_id"]) == sorted(by_hash[:25])
+    assert list(workloads.sample_documents(docs, 25, 1)["doc_id"]) != list(first["doc_id"])
+    assert len(workloads.sample_documents(docs, 5000, 0)) == 1000
+
+
+def test_python_docs_corpus():
+    from pydoc_data.topics import topics
+
+    spec = {"source": "embedded", "name": "python-docs"}
+    docs, info = load_documents("docs", spec)
+    assert list(docs["doc_id"]) == sorted(k for k in topics if topics[k].strip())
+    assert info["n_docs_corpus"] == len(topics) > 20
+    assert info["python_version"] == sys.version
+    again, info_again = load_documents("docs", spec)
+    assert info_again["corpus_sha256"] == info["corpus_sha256"]
+    assert len(info["corpus_sha256"]) == 64
+    sampled, sampled_info = load_documents("docs", {**spec, "max_docs": 5}, seed=3)
+    assert len(sampled) == 5 and sampled_info["corpus_sha256"] == info["corpus_sha256"]
+    assert sampled_info["workload_sha256"] != info["workload_sha256"]
+
+
+def test_python_code_corpus_excludes_tests():
+    spec = {"source": "embedded", "name": "python-code", "subset": "train"}
+    docs, info = load_documents("code", spec)
+    ids = set(docs["doc_id"])
+    assert {"json/__init__.py", "os.py", "asyncio/events.py"} <= ids
+    assert not any(
+        part in ("test", "tests", "idle_test", "site-packages")
+        for doc_id in ids
+        for part in doc_id.split("/")[:-1]
+    )
+    assert not any(doc_id.split("/")[-1].startswith("test_") for doc_id in ids)
+    assert "pydoc_data/topics.py" not in ids  # the python-docs corpus itself
+    assert list(docs["doc_id"]) == sorted(ids)
+    assert all(workloads.split_of(d, 0.2, 0) == "train" for d in ids)
+    assert info["n_docs_corpus"] > 300 and info["n_docs"] < info["n_docs_nonempty"]
+    heldout, heldout_info = load_documents("code", {**spec, "subset": "heldout"})
+    assert heldout_info["corpus_sha256"] == info["corpus_sha256"]
+    assert len(heldout) + len(docs) == info["n_docs_nonempty"]
+
+
+def test_txt_documents(tmp_path):
+    (tmp_path / "paras.txt").write_text("first para\nline two\n\n\nsecond\n  \nthird\n")
+    docs, info = load_documents("t", {"source": "file", "path": str(tmp_path / "paras.txt")})
+    assert list(docs["doc_id"]) == ["paras-00000", "paras-00001", "paras-00002"]
+    assert list(docs["text"]) == ["first para\nline two", "second", "third"]
+    assert info["file_sha256"] == hashlib.sha256((tmp_path / "paras.txt").read_bytes()).hexdigest()
+    # form-feed lines separate documents, which then may hold blank lines
+    (tmp_path / "pages.txt").write_text("one\n\nstill one\n\f\ntwo\n\f\n\f\n")
+    docs, _ = load_documents("t", {"source": "file", "path": str(tmp_path / "pages.txt")})
+    assert list(docs["text"]) == ["one\n\nstill one", "two"]
+
+
+def test_jsonl_documents(tmp_path, monkeypatch):
+    lines = [{"id": 7, "body": "seven", "q": "Q: "}, {"id": "a", "body": "letter"}]
+    (tmp_path / "ids.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    monkeypatch.chdir(tmp_path)  # relative paths resolve against the working directory
+    spec = {"source": "file", "path": "ids.jsonl", "text_column": "body", "prompt_column": "q"}
+    docs, info = load_documents("j", spec)
+    assert docs.to_dict("records") == [
+        {"doc_id": "7", "text": "seven", "prompt": "Q: "},
+        {"doc_id": "a", "text": "letter", "prompt": None},
+    ]
+    assert info["path"] == "ids.jsonl"
+    (tmp_path / "plain.jsonl").write_text('{"text": "x"}\n\n{"text": "  "}\n{"text": "z"}\n')
+    docs, info = load_documents("j", {"source": "file", "path": "plain.jsonl"})
+    assert list(docs["doc_id"]) == ["line-00001", "line-00004"]
+    assert info["n_docs_corpus"] == 3 and info["n_docs_nonempty"] == 2
+    with pytest.raises(WorkloadError, match=r"workloads\.j\.text_column.*'txt'.*body, id, q"):
+        load_documents("j", {**spec, "text_column": "txt"})
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n{oops\n')
+    with pytest.raises(WorkloadError, match="line 2 is not valid JSON"):
+        load_documents("j", {"source": "file", "path": "bad.jsonl"})
+
+
+def test_parquet_documents(tmp_path):
+    table = pa.table({"content": ["b text", "a text", ""], "doc_id": ["b", "a", "c"]})
+    pq.write_table(table, tmp_path / "d.parquet")
+    spec = {"source": "file", "path": str(tmp_path / "d.parquet"), "text_column": "content"}
+    docs, info = load_documents("p", spec)
+    assert list(docs["doc_id"]) == ["a", "b"] and list(docs["text"]) == ["a text", "b text"]
+    with pytest.raises(WorkloadError, match=r"workloads\.p\.text_column.*'text'.*content, doc_id"):
+        load_documents("p", {**spec, "text_column": "text"})
+    pq.write_table(
+        pa.table({"text": ["x", "y"], "doc_id": ["same", "same"]}), tmp_path / "u.parquet"
+    )
+    with pytest.raises(WorkloadError, match="not unique"):
+        load_documents("p", {"source": "file", "path": str(tmp_path / "u.parquet")})
+
+
+def test_file_errors_name_the_config_key(tmp_path):
+    with pytest.raises(WorkloadError, match=r"workloads\.f\.path.*'nowhere\.jsonl' not found"):
+        load_documents("f", {"source": "file", "path": "nowhere.jsonl"})
+    (tmp_path / "d.csv").write_text("text\nx\n")
+    with pytest.raises(WorkloadError, match=r"workloads\.f\.path.*unsupported.*'\.csv'"):
+        load_documents("f", {"source": "file", "path": str(tmp_path / "d.csv")})
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    with pytest.raises(WorkloadError, match="workload 'f': no documents left"):
+        load_documents("f", {"source": "file", "path": str(tmp_path / "blank.txt")})
+    with pytest.raises(WorkloadError, match=r"workloads\.f\.name"):
+        load_documents("f", {"source": "embedded", "name": "python-poems"})
+
+
+def test_empty_subset_is_an_error(tmp_path):
+    (tmp_path / "one.jsonl").write_text('{"id": "only", "text": "x"}\n')
+    subset = "train" if workloads.split_of("only", 0.2, 0) == "heldout" else "heldout"
+    with pytest.raises(WorkloadError, match=f"0 in subset '{subset}'"):
+        load_documents(
+            "o", {"source": "file", "path": str(tmp_path / "one.jsonl"), "subset": subset}
+        )
+
+
+def test_hub_offline_fails_with_a_fix(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WorkloadError) as error:
+        load_documents("web", {"source": "hub", "dataset": "no-such-org/no-such-dataset"})
+    message = str(error.value)
+    assert "workloads.web.dataset" in message and "no-such-org/no-such-dataset" in message
+    assert "not in the local datasets cache" in message and "offline" in message
+    assert "run once online" in message and "HF_DATASETS_OFFLINE=1" in message
+
+
+def test_hub_dataset_from_local_folder(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = [{"text": f"document {i}", "label": i} for i in range(30)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"source": "hub", "dataset": str(folder), "max_docs": 2}
+    docs, info = load_documents("h", spec)
+    assert info["split_read"] == "train[:20]" and info["n_docs_corpus"] == 20
+    assert len(docs) == 2 and all(d < "row-00020" for d in docs["doc_id"])
+    assert docs["text"].tolist() == [f"document {int(d[4:])}" for d in docs["doc_id"]]
+    all_docs, info = load_documents("h", {**spec, "max_docs": 10})  # slice longer than the split
+    assert info["n_docs_corpus"] == 30 and len(all_docs) == 10
+    with pytest.raises(WorkloadError, match=r"workloads\.h\.text_column.*available.*text, label"):
+        load_documents("h", {**spec, "text_column": "body"})
+
+
+def test_build_workload_writes_identical_tables(tmp_path):
+    spec = {"source": "embedded", "name": "python-docs", "max_docs": 4}
+    info = workloads.build_workload("docs", spec, 0, tmp_path / "a.parquet")
+    workloads.build_workload("docs", spec, 0, tmp_path / "b.parquet")
+    table = tables.read_table(tmp_path / "a.parquet", "workload")
+    assert table.num_rows == info["n_docs"] == 4
+    assert table.column("prompt").null_count == 4
+    assert Path(tmp_path / "a.parquet").read_bytes() == Path(tmp_path / "b.parquet").read_bytes()
