@@ -219,3 +219,12 @@ def test_tokenize_workload_writes_table_and_stops_early(tmp_path, gpt2_like):
         hashlib.sha256((tmp_path / n).read_bytes()).digest() for n in ("a.parquet", "b.parquet")
     }
     assert len(digests) == 1
+
+
+def test_prompt_is_separated_from_text_by_a_newline():
+    from exitbench.tokens import _document_texts
+
+    frame = pd.DataFrame(
+        {"doc_id": ["a", "b", "c"], "text": ["x", "y", "z"], "prompt": ["Q?", "Q: ", None]}
+    )
+    assert _document_texts(frame) == ["Q?\nx", "Q: y", "z"]

@@ -6,7 +6,8 @@ ids, never padded) and ``n_tokens``.
 
 Rules (see :func:`tokenize_documents`):
 
-- each document's token ids are ``encode(prompt + text)`` without special
+- each document's token ids are ``encode(prompt + sep + text)`` (sep: a newline
+  unless the prompt ends in whitespace) without special
   tokens; a null prompt counts as ``""``;
 - BOS (policy ``add_bos``): ``auto`` prepends ``bos_token_id`` iff the
   tokenizer adds it by itself (``tokenizer("a")["input_ids"][0] ==
@@ -84,14 +85,15 @@ def bos_to_prepend(tokenizer: Any, add_bos: str) -> int | None:
 
 
 def _document_texts(docs: pd.DataFrame) -> list[str]:
-    """``prompt + text`` per row (a missing or null prompt counts as empty)."""
+    """``prompt + sep + text`` per row; sep is a newline unless the prompt already ends in
+    whitespace (so a question never runs into its answer); a null prompt counts as absent."""
     texts = [str(text) for text in docs["text"]]
     if "prompt" not in docs:
         return texts
     return [
         text
         if prompt is None or (not isinstance(prompt, str) and pd.isna(prompt))
-        else str(prompt) + text
+        else str(prompt) + ("" if str(prompt)[-1:].isspace() else "\n") + text
         for prompt, text in zip(docs["prompt"], texts, strict=True)
     ]
 

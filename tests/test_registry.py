@@ -1,0 +1,251 @@
+"""Model registry: data/registry.csv loads typed and validated, every study model is in it,
+bad rows are rejected naming the hf_id, and fill_metadata fills configs (config values win)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exitbench.config import validate_config
+from exitbench.registry import (
+    METADATA_KEYS,
+    RegistryError,
+    fill_metadata,
+    load_registry,
+    registry_record,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+REGISTRY = REPO / "data" / "registry.csv"
+STUDIES = [REPO / "studies" / "paper.yaml", REPO / "studies" / "single-gpu.yaml"]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(REGISTRY)
+
+
+def read_rows() -> tuple[list[str], list[dict[str, str]]]:
+    with REGISTRY.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+def write_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def edited_registry(tmp_path: Path, target: str, **changes: str) -> Path:
+    fields, rows = read_rows()
+    row = next(row for row in rows if row["hf_id"] == target)
+    row.update(changes)
+    return write_rows(tmp_path / "registry.csv", fields, rows)
+
+
+# --------------------------------------------------------------------------- the shipped file
+
+
+def test_registry_loads_typed(registry):
+    assert len(registry) >= 90
+    assert registry["hf_id"].str.lower().is_unique
+    for column in ("release", "arch", "total_params", "family", "generation"):
+        assert registry[column].notna().all(), column
+    assert set(registry["arch"]) == {"dense", "moe", "ssm", "hybrid"}
+    assert set(registry["tuning"].dropna()) == {"base", "tuned"}
+    assert str(registry["layers"].dtype) == "Int64"
+    assert str(registry["gated"].dtype) == "boolean"
+    assert registry["total_params"].dtype == "float64"
+    moe = registry[registry["arch"] == "moe"]
+    assert (moe["active_params"] < moe["total_params"]).all()
+
+
+def test_question_mark_never_leaks():
+    """'?' marks an unverified lead value: no cell may hold it (source URLs aside)."""
+    fields, rows = read_rows()
+    for row in rows:
+        for field in fields:
+            if not field.startswith("source"):
+                assert "?" not in row[field], (row["hf_id"], field, row[field])
+
+
+def test_every_fact_has_a_source(registry):
+    assert registry["source_card"].notna().all()
+    assert registry["source_release"].notna().all()
+    has_config_facts = registry[["layers", "hidden", "vocab"]].notna().any(axis=1)
+    assert registry.loc[has_config_facts, "source_config"].notna().all()
+    has_checkpoints = registry["checkpoints"].notna()
+    assert registry.loc[has_checkpoints, "source_checkpoints"].notna().all()
+    for verified in registry["verified"].dropna():
+        assert set(verified.split(";")) <= set(registry.columns), verified
+
+
+def test_verified_facts(registry):
+    """Spot checks of values verified against config.json files and release posts."""
+    olmo32 = registry_record(registry, "allenai/OLMo-2-0325-32B")
+    assert (olmo32["layers"], olmo32["hidden"], olmo32["vocab"]) == (64, 5120, 100352)
+    assert olmo32["tied_embeddings"] is False
+    qwen_moe = registry_record(registry, "Qwen/Qwen3-30B-A3B-Base")
+    assert (qwen_moe["arch"], qwen_moe["total_params"], qwen_moe["active_params"]) == (
+        "moe",
+        3.05e10,
+        3.3e9,
+    )
+    assert registry_record(registry, "openai-community/gpt2")["total_params"] == 1.24e8
+    assert registry_record(registry, "EleutherAI/pythia-410m")["release"] == "2023-04-03"
+    assert registry_record(registry, "state-spaces/mamba-130m-hf")["arch"] == "ssm"
+    # unverifiable lead values stay empty instead of guessed
+    assert registry_record(registry, "google/gemma-3-270m")["layers"] is None
+    assert registry_record(registry, "Zyphra/Zamba2-7B")["gated"] is None
+
+
+def test_tuned_rows_point_at_their_base(registry):
+    tuned = registry[registry["base_hf_id"].notna()]
+    assert len(tuned) >= 10
+    for row in tuned.itertuples():
+        base = registry_record(registry, row.base_hf_id)
+        assert row.tuning == "tuned"
+        assert base["tuning"] == "base"
+        assert (base["arch"], base["total_params"]) == (row.arch, row.total_params)
+
+
+def test_registry_lookup_is_case_insensitive(registry):
+    assert (
+        registry_record(registry, "META-LLAMA/llama-3.1-8b")["hf_id"] == "meta-llama/Llama-3.1-8B"
+    )
+    assert registry_record(registry, "nobody/nothing") is None
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda path: path.stem)
+def test_every_study_model_is_in_the_registry(study, registry):
+    models = yaml.safe_load(study.read_text())["models"]
+    for name, entry in models.items():
+        assert "hf_id" in entry, f"{study.name}: model {name} has no hf_id"
+        record = registry_record(registry, entry["hf_id"])
+        assert record is not None, f"{study.name}: {name} ({entry['hf_id']}) not in the registry"
+        assert record["release"] and record["arch"], name
+        assert record["total_params"] > 0, name
+
+
+# --------------------------------------------------------------------------- rejected rows
+
+
+@pytest.mark.parametrize("field", ["release", "arch", "total_params"])
+def test_row_missing_a_required_fact_is_rejected(tmp_path, field):
+    path = edited_registry(tmp_path, "facebook/opt-1.3b", **{field: ""})
+    with pytest.raises(RegistryError) as err:
+        load_registry(path)
+    message = str(err.value)
+    assert "facebook/opt-1.3b" in message
+    assert f"missing {field}" in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"layers": "24?"}, "'layers'"),
+        ({"release": "2022-05?"}, "'?' marks an unverified value"),
+        ({"arch": "transformer"}, "'arch'"),
+        ({"release": "2022-13"}, "'release'"),
+        ({"release": "2023-02-30"}, "not a calendar date"),
+        ({"gated": "yes"}, "not a boolean"),
+        ({"total_params": "1.3B"}, "not a number"),
+        ({"active_params": "2e9"}, "exceeds total_params"),
+        ({"base_hf_id": "nobody/base"}, "not a row of the registry"),
+        ({"hf_id": "facebook/OPT-125m"}, "repeats line"),
+    ],
+)
+def test_bad_row_is_rejected_naming_the_model(tmp_path, changes, expected):
+    hf_id = "facebook/opt-1.3b"
+    path = edited_registry(tmp_path, hf_id, **changes)
+    with pytest.raises(RegistryError) as err:
+        load_registry(path)
+    message = str(err.value)
+    assert expected in message
+    assert repr(changes.get("hf_id", hf_id)) in message
+
+
+def test_unknown_column_and_missing_file_are_rejected(tmp_path):
+    fields, rows = read_rows()
+    for row in rows:
+        row["colour"] = "red"
+    with pytest.raises(RegistryError, match="unknown column.*colour"):
+        load_registry(write_rows(tmp_path / "extra.csv", [*fields, "colour"], rows))
+    with pytest.raises(RegistryError, match="not found"):
+        load_registry(tmp_path / "absent.csv")
+
+
+# --------------------------------------------------------------------------- fill_metadata
+
+
+def test_fill_metadata_fills_and_config_values_win(registry):
+    models = {
+        "gpt2": {"hf_id": "openai-community/gpt2", "dtype": "float32"},
+        "mine": {"hf_id": "openai-community/gpt2-medium", "release": "2020-01", "family": "Mine"},
+        "llama-base": {"hf_id": "meta-llama/Llama-3.1-8B"},
+        "llama-chat": {"hf_id": "meta-llama/Llama-3.1-8B-Instruct"},
+        "olmoe": {"hf_id": "allenai/OLMoE-1B-7B-0924"},
+        "local": {"path": "some/dir"},
+        "unknown": {"hf_id": "someone/unknown-model"},
+    }
+    before = copy.deepcopy(models)
+    filled = fill_metadata(models, registry)
+    assert models == before, "fill_metadata must not mutate its input"
+
+    gpt2 = filled["gpt2"]
+    assert gpt2 == {
+        "hf_id": "openai-community/gpt2",
+        "dtype": "float32",
+        "family": "GPT-2",
+        "generation": "GPT-2",
+        "release": "2019-02",
+        "arch": "dense",
+        "total_params": 1.24e8,
+        "tuning": "base",
+        "gated": False,
+    }
+    assert type(gpt2["total_params"]) is float and type(gpt2["gated"]) is bool
+    assert filled["mine"]["release"] == "2020-01" and filled["mine"]["family"] == "Mine"
+    assert filled["mine"]["arch"] == "dense" and filled["mine"]["total_params"] == 3.55e8
+    assert filled["llama-chat"]["base_model"] == "llama-base"
+    assert filled["llama-chat"]["tuning"] == "tuned" and filled["llama-chat"]["gated"] is True
+    assert "base_model" not in filled["llama-base"]
+    assert filled["olmoe"]["arch"] == "moe" and filled["olmoe"]["active_params"] == 1.3e9
+    assert filled["local"] == {"path": "some/dir"}
+    assert filled["unknown"] == {"hf_id": "someone/unknown-model"}
+
+
+def test_fill_metadata_base_model_rules(registry):
+    chat = {"hf_id": "meta-llama/Llama-3.1-8B-Instruct"}
+    # the config's base_model wins
+    filled = fill_metadata({"chat": {**chat, "base_model": "x"}, "x": {"path": "p"}}, registry)
+    assert filled["chat"]["base_model"] == "x"
+    # the base only as an intermediate checkpoint is no pair
+    checkpoint = {"hf_id": "meta-llama/Llama-3.1-8B", "revision": "abc123"}
+    filled = fill_metadata({"chat": dict(chat), "ckpt": checkpoint}, registry)
+    assert "base_model" not in filled["chat"]
+    # hub ids are case-insensitive; revision main is the final model
+    base = {"hf_id": "META-LLAMA/llama-3.1-8b", "revision": "main"}
+    filled = fill_metadata({"chat": dict(chat), "base": base}, registry)
+    assert filled["chat"]["base_model"] == "base"
+    assert filled["base"]["release"] == "2024-07"
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda path: path.stem)
+def test_filled_studies_still_validate(study, registry):
+    config = validate_config(yaml.safe_load(study.read_text()))
+    models = fill_metadata(config["models"], registry)
+    validate_config({**config, "models": models})
+    for name, entry in models.items():
+        for key in ("release", "arch", "total_params", "family", "generation"):
+            assert key in entry, (name, key)
+        for key in METADATA_KEYS:
+            assert "?" not in str(entry.get(key, "")), (name, key)
