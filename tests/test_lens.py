@@ -1,0 +1,376 @@
+"""The logit lens is exact for every architecture in its table.
+
+For each case a tiny random model is built from its config class (norm weights,
+biases and logit scales randomised, so a missed norm or transform cannot pass
+by accident), saved with ``save_pretrained`` and loaded again with
+``AutoModelForCausalLM.from_pretrained`` (the code path of hub models). Then:
+
+(a) the lens at layer L equals ``model(input_ids).logits`` bit for bit;
+(b) every inner layer equals a hand computation from
+    ``model(..., output_hidden_states=True).hidden_states`` written out below
+    (:data:`HAND`), which names the modules and indices itself;
+(c) ``num_layers`` / ``layer_numbers`` / ``hidden_state`` index as documented
+    (Mamba family: no embedding entry);
+(d) unsupported model types are refused with the supported list;
+(e) ``decode`` works on any leading shape and ``forward_hidden_states`` returns
+    the model's own hidden states.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    CohereConfig,
+    DeepseekV2Config,
+    DeepseekV3Config,
+    FalconMambaConfig,
+    Gemma2Config,
+    Gemma3Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    GraniteConfig,
+    GraniteMoeConfig,
+    GraniteMoeHybridConfig,
+    JambaConfig,
+    LlamaConfig,
+    Mamba2Config,
+    MambaConfig,
+    MistralConfig,
+    MixtralConfig,
+    Olmo2Config,
+    OlmoConfig,
+    OlmoeConfig,
+    OPTConfig,
+    Phi3Config,
+    PhiConfig,
+    PretrainedConfig,
+    Qwen2Config,
+    Qwen2MoeConfig,
+    Qwen3Config,
+    Qwen3MoeConfig,
+    SiglipVisionConfig,
+    Zamba2Config,
+)
+
+from exitbench.lens import ARCHITECTURES, LogitLens, UnsupportedArchitecture, check_supported
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VOCAB = 128
+BATCH, SEQ = 2, 7
+COMMON = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+# Llama-style dims shared by most decoder cases.
+DECODER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    **COMMON,
+}
+MOE = {"num_experts_per_tok": 2}
+MAMBA = {"hidden_size": 32, "num_hidden_layers": 3, "state_size": 8, "expand": 2, **COMMON}
+
+# case id -> tiny config. Non-trivial logit scales: a lens that forgot one fails.
+# fmt: off
+CASES: dict[str, Callable[[], PretrainedConfig]] = {
+    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, **COMMON),
+    "gpt_neox": lambda: GPTNeoXConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=64, rotary_pct=0.25, **COMMON,
+    ),
+    "opt": lambda: OPTConfig(
+        hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32, **COMMON,
+    ),
+    # opt-350m: post-LN (no final norm) and project_out 32 -> 16 before the head.
+    "opt-350m": lambda: OPTConfig(
+        hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=16, do_layer_norm_before=False, **COMMON,
+    ),
+    "llama": lambda: LlamaConfig(**DECODER),
+    "mistral": lambda: MistralConfig(**DECODER),
+    "qwen2": lambda: Qwen2Config(**DECODER),
+    "qwen3": lambda: Qwen3Config(head_dim=8, **DECODER),
+    "gemma": lambda: GemmaConfig(head_dim=8, **DECODER),
+    "gemma2": lambda: Gemma2Config(
+        head_dim=8, final_logit_softcapping=0.5, query_pre_attn_scalar=8, sliding_window=4,
+        **DECODER,
+    ),
+    "gemma3_text": lambda: Gemma3TextConfig(
+        head_dim=8, final_logit_softcapping=2.0, query_pre_attn_scalar=8, sliding_window=4,
+        **DECODER,
+    ),
+    "gemma3": lambda: Gemma3Config(
+        text_config=Gemma3TextConfig(
+            head_dim=8, query_pre_attn_scalar=8, sliding_window=4, **DECODER
+        ).to_dict(),
+        vision_config=SiglipVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            image_size=16, patch_size=4,
+        ).to_dict(),
+        mm_tokens_per_image=4, image_token_index=VOCAB - 1, boi_token_index=VOCAB - 2,
+        eoi_token_index=VOCAB - 3,
+    ),
+    "phi": lambda: PhiConfig(partial_rotary_factor=0.5, **DECODER),
+    "phi3": lambda: Phi3Config(**DECODER),
+    "olmo": lambda: OlmoConfig(**DECODER),
+    "olmo2": lambda: Olmo2Config(**DECODER),
+    "cohere": lambda: CohereConfig(logit_scale=0.5, **DECODER),
+    "granite": lambda: GraniteConfig(
+        logits_scaling=3.0, embedding_multiplier=2.0, residual_multiplier=0.5,
+        attention_multiplier=0.25, **DECODER,
+    ),
+    "mixtral": lambda: MixtralConfig(num_local_experts=4, **MOE, **DECODER),
+    "qwen2_moe": lambda: Qwen2MoeConfig(
+        num_experts=4, moe_intermediate_size=16, shared_expert_intermediate_size=32, **MOE,
+        **DECODER,
+    ),
+    "qwen3_moe": lambda: Qwen3MoeConfig(
+        num_experts=4, moe_intermediate_size=16, head_dim=8, **MOE, **DECODER
+    ),
+    "olmoe": lambda: OlmoeConfig(num_experts=4, **MOE, **DECODER),
+    "deepseek_v2": lambda: DeepseekV2Config(
+        moe_intermediate_size=16, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
+        kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+        **MOE, **{**DECODER, "num_key_value_heads": 4},
+    ),
+    "deepseek_v3": lambda: DeepseekV3Config(
+        moe_intermediate_size=16, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=1,
+        kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+        n_group=2, topk_group=1, **MOE, **{**DECODER, "num_key_value_heads": 4},
+    ),
+    "granitemoe": lambda: GraniteMoeConfig(
+        num_local_experts=4, logits_scaling=3.0, embedding_multiplier=2.0, **MOE, **DECODER
+    ),
+    "mamba": lambda: MambaConfig(conv_kernel=4, **MAMBA),
+    "mamba2": lambda: Mamba2Config(
+        n_groups=1, head_dim=8, num_heads=8, conv_kernel=4, chunk_size=16, **MAMBA
+    ),
+    "falcon_mamba": lambda: FalconMambaConfig(conv_kernel=4, **MAMBA),
+    "jamba": lambda: JambaConfig(
+        num_experts=4, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2,
+        attn_layer_offset=1, use_mamba_kernels=False, mamba_d_state=8, mamba_dt_rank=4, **MOE,
+        **{**DECODER, "num_hidden_layers": 4},
+    ),
+    "zamba2": lambda: Zamba2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], mamba_d_state=8,
+        n_mamba_heads=8, chunk_size=16, adapter_rank=8, use_shared_attention_adapter=True,
+        use_mem_rope=True, max_position_embeddings=64, **COMMON,
+    ),
+    "granitemoehybrid": lambda: GraniteMoeHybridConfig(
+        layer_types=["mamba", "attention", "mamba"], mamba_n_heads=8, mamba_d_state=8,
+        mamba_chunk_size=16, num_local_experts=4, shared_intermediate_size=32,
+        logits_scaling=3.0, embedding_multiplier=2.0, **MOE,
+        **{**DECODER, "intermediate_size": 16},
+    ),
+}
+# fmt: on
+
+
+# Independent hand computations: (model, hidden_states, layer) -> logits at an inner layer,
+# naming the module path, the head, the post-head formula and the hidden-state index itself.
+def _softcapped(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    return cap * torch.tanh(logits / cap)
+
+
+HAND: dict[str, Callable[..., torch.Tensor]] = {
+    "gpt2": lambda m, hs, layer: m.lm_head(m.transformer.ln_f(hs[layer])),
+    "gpt_neox": lambda m, hs, layer: m.lm_head(m.gpt_neox.final_layer_norm(hs[layer])),
+    "opt": lambda m, hs, layer: m.lm_head(m.model.decoder.final_layer_norm(hs[layer])),
+    "opt-350m": lambda m, hs, layer: m.lm_head(m.model.decoder.project_out(hs[layer])),
+    "phi": lambda m, hs, layer: m.lm_head(m.model.final_layernorm(hs[layer])),  # lm_head has a bias
+    "gemma2": lambda m, hs, layer: _softcapped(
+        m.lm_head(m.model.norm(hs[layer])), m.config.final_logit_softcapping
+    ),
+    "gemma3_text": lambda m, hs, layer: _softcapped(
+        m.lm_head(m.model.norm(hs[layer])), m.config.final_logit_softcapping
+    ),
+    "gemma3": lambda m, hs, layer: m.lm_head(m.model.language_model.norm(hs[layer])),
+    "cohere": lambda m, hs, layer: m.lm_head(m.model.norm(hs[layer])) * m.config.logit_scale,
+    "granite": lambda m, hs, layer: m.lm_head(m.model.norm(hs[layer])) / m.config.logits_scaling,
+    "granitemoe": lambda m, hs, layer: m.lm_head(m.model.norm(hs[layer])) / m.config.logits_scaling,
+    "granitemoehybrid": lambda m, hs, layer: (
+        m.lm_head(m.model.norm(hs[layer])) / m.config.logits_scaling
+    ),
+    # Mamba family: hidden_states has no embedding entry, h_l = hs[layer - 1].
+    "mamba": lambda m, hs, layer: m.lm_head(m.backbone.norm_f(hs[layer - 1])),
+    "mamba2": lambda m, hs, layer: m.lm_head(m.backbone.norm_f(hs[layer - 1])),
+    "falcon_mamba": lambda m, hs, layer: m.lm_head(m.backbone.norm_f(hs[layer - 1])),
+    "jamba": lambda m, hs, layer: m.lm_head(m.model.final_layernorm(hs[layer])),
+    "zamba2": lambda m, hs, layer: m.lm_head(m.model.final_layernorm(hs[layer])),
+}
+for _case in CASES:  # the plain Llama layout: model.norm, lm_head, hs[layer]
+    HAND.setdefault(_case, lambda m, hs, layer: m.lm_head(m.model.norm(hs[layer])))
+
+NO_EMBEDDING_ENTRY = {"mamba", "mamba2", "falcon_mamba"}
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    """Random norm weights/biases and head bias, so that a skipped norm changes the logits."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if "norm" not in type(module).__name__.lower():
+                continue
+            for name, parameter in module.named_parameters(recurse=False):
+                low, high = (0.5, 1.5) if name == "weight" else (-0.3, 0.3)
+                parameter.copy_(
+                    torch.empty_like(parameter).uniform_(low, high, generator=generator)
+                )
+        head_bias = getattr(model.get_output_embeddings(), "bias", None)
+        if head_bias is not None:
+            head_bias.copy_(torch.empty_like(head_bias).uniform_(-1.0, 1.0, generator=generator))
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory) -> SimpleNamespace:
+    """A tiny random model of one case, saved and loaded again, with its outputs on fixed input."""
+    name = request.param
+    config = CASES[name]()
+    torch.manual_seed(0)
+    built = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _randomise(built)
+    path = tmp_path_factory.mktemp(name)
+    built.save_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    input_ids = torch.randint(
+        3, VOCAB - 3, (BATCH, SEQ), generator=torch.Generator().manual_seed(2)
+    )
+    with torch.inference_mode():
+        logits = model(input_ids).logits
+        hidden_states = model(input_ids, output_hidden_states=True).hidden_states
+    return SimpleNamespace(
+        name=name,
+        config=config,
+        model=model,
+        lens=LogitLens.from_model(model),
+        input_ids=input_ids,
+        logits=logits,
+        hidden_states=hidden_states,
+    )
+
+
+def test_every_table_entry_has_a_case() -> None:
+    tested = {CASES[name]().model_type for name in CASES}
+    assert tested == set(ARCHITECTURES)
+
+
+def test_last_layer_is_the_models_logits(case) -> None:
+    """(a) decode_L(hidden_states[-1]) == model(input_ids).logits, bit for bit."""
+    lens, layer = case.lens, case.lens.num_layers
+    with torch.inference_mode():
+        from_outputs = lens.decode(lens.hidden_state(case.hidden_states, layer), layer)
+        from_lens = lens.decode(
+            lens.hidden_state(lens.forward_hidden_states(case.input_ids, None), layer), layer
+        )
+    assert from_outputs.dtype == case.model.get_output_embeddings().weight.dtype
+    torch.testing.assert_close(from_outputs, case.logits, rtol=0, atol=0)
+    torch.testing.assert_close(from_lens, case.logits, rtol=0, atol=0)
+
+
+def test_inner_layers_match_hand_computation(case) -> None:
+    """(b) every layer < L equals the hand-written norm / head / transform / index."""
+    lens, hs = case.lens, case.hidden_states
+    with torch.inference_mode():
+        for layer in lens.layer_numbers[:-1]:
+            expected = HAND[case.name](case.model, hs, layer)
+            got = lens.decode(lens.hidden_state(hs, layer), layer)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"layer {layer}")
+            head = case.model.get_output_embeddings()
+            if hs[layer].shape[-1] == head.in_features:  # a lens skipping the norm would differ
+                assert not torch.allclose(got, head(hs[layer]))
+
+
+def test_layer_numbers_and_indexing(case) -> None:
+    """(c) L from the config; Mamba family has no layer 0 and h_l = hidden_states[l - 1]."""
+    lens, hs = case.lens, case.hidden_states
+    num_layers = case.config.get_text_config().num_hidden_layers
+    assert lens.num_layers == num_layers
+    assert len(hs) == num_layers + 1
+    shifted = case.name in NO_EMBEDDING_ENTRY
+    assert lens.layer_numbers == list(range(1 if shifted else 0, num_layers + 1))
+    for layer in lens.layer_numbers[:-1]:
+        assert lens.hidden_state(hs, layer) is hs[layer - 1 if shifted else layer]
+    assert lens.hidden_state(hs, num_layers) is hs[-1]
+    if not shifted:  # layer 0 is the embedding output, the input of the first block
+        assert lens.hidden_state(hs, 0) is hs[0]
+    with pytest.raises(ValueError, match="out of range"):
+        lens.decode(hs[-1], num_layers + 1)
+    with pytest.raises(ValueError, match="hidden states"):
+        lens.hidden_state(hs[:-1], 1)
+
+
+def test_lens_of_a_weightless_model(case) -> None:
+    """The lens of a meta-device skeleton (as models.describe_model builds) has the same layers."""
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(case.model.config)
+    lens = LogitLens.from_model(skeleton)
+    assert (lens.num_layers, lens.layer_numbers) == (case.lens.num_layers, case.lens.layer_numbers)
+
+
+def test_decode_any_leading_shape_and_forward_hidden_states(case) -> None:
+    """(e) chunks of flattened tokens and single vectors decode like the full batch."""
+    lens = case.lens
+    attention_mask = torch.ones_like(case.input_ids)
+    attention_mask[1, -3:] = 0  # right padding, as extract batches
+    with torch.inference_mode():
+        expected = case.model(
+            case.input_ids, attention_mask=attention_mask, output_hidden_states=True
+        ).hidden_states
+        got = lens.forward_hidden_states(case.input_ids, attention_mask)
+        assert len(got) == len(expected)
+        for mine, theirs in zip(got, expected, strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+        for layer in (lens.layer_numbers[0], lens.num_layers):
+            hidden = lens.hidden_state(got, layer)
+            full = lens.decode(hidden, layer)
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            chunks = torch.cat([lens.decode(chunk, layer) for chunk in flat.split(5)])
+            torch.testing.assert_close(chunks.reshape(full.shape), full, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                lens.decode(hidden[1, 2], layer), full[1, 2], rtol=1e-6, atol=1e-6
+            )
+
+
+def test_unsupported_type_names_it_and_lists_supported() -> None:
+    """(d) refused before loading weights, with the sorted supported list."""
+    with pytest.raises(UnsupportedArchitecture) as error:
+        check_supported("bert")
+    message = str(error.value)
+    assert "'bert'" in message
+    assert ", ".join(sorted(ARCHITECTURES)) in message
+    assert isinstance(error.value, ValueError)
+    fake = SimpleNamespace(config=SimpleNamespace(model_type="bert"))
+    with pytest.raises(UnsupportedArchitecture, match="bert"):
+        LogitLens.from_model(fake)
+    for model_type in ARCHITECTURES:
+        assert check_supported(model_type) is ARCHITECTURES[model_type]
+
+
+@pytest.mark.parametrize("name", ["llama", "mamba2"])
+def test_half_precision_last_layer(name) -> None:
+    """In bfloat16 the lens returns the head's dtype and, upcast, equals the model's logits."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CASES[name](), dtype=torch.bfloat16).eval()
+    _randomise(model)
+    lens = LogitLens.from_model(model)
+    input_ids = torch.randint(
+        3, VOCAB - 3, (BATCH, SEQ), generator=torch.Generator().manual_seed(2)
+    )
+    with torch.inference_mode():
+        logits = model(input_ids).logits
+        hs = lens.forward_hidden_states(input_ids, torch.ones_like(input_ids))
+        got = lens.decode(lens.hidden_state(hs, lens.num_layers), lens.num_layers)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), logits.float(), rtol=0, atol=0)

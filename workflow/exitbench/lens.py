@@ -1,0 +1,322 @@
+"""The exact logit lens: decode any layer's hidden state with the model's own final norm and head.
+
+For a model with L blocks and residual stream h_l after block l (h_0 = the
+embedding output), the lens logits at layer l are
+
+    decode_l(h_l) = post(head(proj(norm(h_l))))     for l < L
+    decode_L(h_L) = post(head(h_L))                 hidden_states[-1] is already proj(norm(h_L))
+
+with ``norm`` the model's own final norm module (Gemma's (1 + w) RMSNorm,
+OLMo's weightless LayerNorm, ...), ``proj`` an optional projection before the
+head (OPT-350m's ``project_out``), ``head = model.get_output_embeddings()``
+(with its bias, e.g. Phi) and ``post`` the model's post-head transform
+(Gemma-2 softcap c * tanh(x / c), Granite x / logits_scaling, Cohere
+x * logit_scale). Every step calls the very module or formula the model's own
+forward uses, so decode_L equals ``model(...).logits`` bit for bit.
+
+Which hidden state is h_l: ``output_hidden_states=True`` returns L + 1 tensors.
+Transformer models (and the Jamba / Zamba2 hybrids) give
+(h_0, h_1, ..., h_{L-1}, norm(h_L)); the Mamba family gives no embedding entry:
+(h_1, ..., h_L, norm(h_L)), so h_l = hidden_states[l - 1] for l < L. In both
+cases the lens takes layer L from ``hidden_states[-1]``.
+
+Every per-architecture fact sits in one table, :data:`ARCHITECTURES`
+(model_type -> :class:`ArchSpec`). Adding an architecture is adding an entry
+there and a case in ``tests/test_lens.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "LogitLens",
+    "PostHead",
+    "UnsupportedArchitecture",
+    "check_supported",
+]
+
+
+class UnsupportedArchitecture(ValueError):
+    """The model's ``model_type`` has no entry in :data:`ARCHITECTURES`."""
+
+
+@dataclass(frozen=True)
+class PostHead:
+    """A transform the model applies to the head's output, with c = ``model.config.<config_key>``.
+
+    ``softcap``: c * tanh(x / c); ``multiply``: x * c; ``divide``: x / c.
+    Skipped when the config value is None (e.g. Gemma-3 without softcapping).
+    """
+
+    kind: Literal["softcap", "multiply", "divide"]
+    config_key: str
+
+    def apply(self, logits: torch.Tensor, value: float) -> torch.Tensor:
+        """The transform, with the same operations in the same order as the model's forward."""
+        if self.kind == "softcap":
+            return torch.tanh(logits / value) * value
+        if self.kind == "multiply":
+            return logits * value
+        if self.kind == "divide":
+            return logits / value
+        raise ValueError(f"unknown post-head transform kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to decode one ``model_type``; module paths are relative to the *ForCausalLM.
+
+    - ``backbone``: the module whose forward returns ``hidden_states`` without the head.
+    - ``final_norm``: the final norm module. A path whose attribute is None on a
+      given model means that model has no final norm (OPT with
+      ``do_layer_norm_before=False``).
+    - ``pre_head``: a projection between norm and head (OPT's ``project_out``,
+      None on models where hidden size equals the embedding size).
+    - ``post_head``: the transform applied to the head's logits.
+    - ``embedding_entry``: ``hidden_states[0]`` is the embedding output, so
+      ``hidden_states[l]`` = h_l; without it (Mamba family) h_l = ``hidden_states[l - 1]``.
+    - ``last_is_head_input``: ``hidden_states[-1]`` has already been through
+      ``final_norm`` and ``pre_head``, so layer L goes straight into the head.
+    """
+
+    backbone: str
+    final_norm: str
+    pre_head: str | None = None
+    post_head: PostHead | None = None
+    embedding_entry: bool = True
+    last_is_head_input: bool = True
+
+
+_SOFTCAP = PostHead("softcap", "final_logit_softcapping")
+_DIVIDE_LOGITS_SCALING = PostHead("divide", "logits_scaling")
+
+
+def _decoder(norm: str = "model.norm", **kwargs: Any) -> ArchSpec:
+    """The common layout: backbone ``model``, final norm ``model.norm``."""
+    return ArchSpec(backbone="model", final_norm=norm, **kwargs)
+
+
+def _mamba() -> ArchSpec:
+    """Mamba / Mamba2 / FalconMamba: no embedding entry in hidden_states."""
+    return ArchSpec(backbone="backbone", final_norm="backbone.norm_f", embedding_entry=False)
+
+
+#: model_type -> how to decode its hidden states. THE one table of architecture facts.
+ARCHITECTURES: dict[str, ArchSpec] = {
+    # Older recipes: LayerNorm, learned positions.
+    "gpt2": ArchSpec(backbone="transformer", final_norm="transformer.ln_f"),
+    "gpt_neox": ArchSpec(backbone="gpt_neox", final_norm="gpt_neox.final_layer_norm"),
+    # OPT-350m: post-LN (final_layer_norm is None) and project_out 1024 -> 512 before the head;
+    # its hidden_states[-1] is the projected 512-d state.
+    "opt": _decoder(norm="model.decoder.final_layer_norm", pre_head="model.decoder.project_out"),
+    "phi": _decoder(norm="model.final_layernorm"),  # head has a bias
+    # Llama-style decoders: RMSNorm (Gemma: x * (1 + w); OLMo: weightless LayerNorm).
+    "llama": _decoder(),
+    "mistral": _decoder(),
+    "qwen2": _decoder(),
+    "qwen3": _decoder(),
+    "phi3": _decoder(),
+    "olmo": _decoder(),
+    "olmo2": _decoder(),
+    "gemma": _decoder(),
+    "gemma2": _decoder(post_head=_SOFTCAP),
+    "gemma3_text": _decoder(post_head=_SOFTCAP),
+    # Gemma-3 >= 4B loads as Gemma3ForConditionalGeneration, whose forward applies no softcap.
+    "gemma3": _decoder(norm="model.language_model.norm"),
+    "cohere": _decoder(post_head=PostHead("multiply", "logit_scale")),
+    "granite": _decoder(post_head=_DIVIDE_LOGITS_SCALING),
+    # Mixture of experts.
+    "mixtral": _decoder(),
+    "qwen2_moe": _decoder(),
+    "qwen3_moe": _decoder(),
+    "olmoe": _decoder(),
+    "deepseek_v2": _decoder(),
+    "deepseek_v3": _decoder(),
+    "granitemoe": _decoder(post_head=_DIVIDE_LOGITS_SCALING),
+    # State-space models.
+    "mamba": _mamba(),
+    "mamba2": _mamba(),
+    "falcon_mamba": _mamba(),
+    # Hybrids: every layer (attention or Mamba) records its output; hidden_states[0] = embeddings.
+    "jamba": _decoder(norm="model.final_layernorm"),
+    "zamba2": _decoder(norm="model.final_layernorm"),
+    "granitemoehybrid": _decoder(post_head=_DIVIDE_LOGITS_SCALING),
+}
+
+
+def check_supported(model_type: str) -> ArchSpec:
+    """The table entry for ``model_type``; :class:`UnsupportedArchitecture` if there is none."""
+    spec = ARCHITECTURES.get(model_type)
+    if spec is None:
+        raise UnsupportedArchitecture(
+            f"model_type {model_type!r} is not supported by the logit lens; supported model "
+            f"types: {', '.join(sorted(ARCHITECTURES))}. Pick a model of a supported type, or "
+            "add an ArchSpec entry to exitbench.lens.ARCHITECTURES with a case in "
+            "tests/test_lens.py"
+        )
+    return spec
+
+
+def _resolve(model: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    """The submodule at dotted ``path`` (None if the model sets that attribute to None)."""
+    module: Any = model
+    for part in path.split("."):
+        if not hasattr(module, part):
+            raise UnsupportedArchitecture(
+                f"{type(model).__name__} (model_type {model.config.model_type!r}) has no module "
+                f"{path!r} that exitbench.lens.ARCHITECTURES names; this transformers version "
+                "lays the model out differently: fix the table entry"
+            )
+        module = getattr(module, part)
+    return module
+
+
+def _device_of(module: torch.nn.Module | None) -> torch.device | None:
+    """The device of the module's first parameter (None for a module without parameters)."""
+    if module is None:
+        return None
+    parameter = next(module.parameters(), None)
+    return None if parameter is None else parameter.device
+
+
+class LogitLens:
+    """Decode hidden states of one loaded model; see the module docstring for the formulas."""
+
+    def __init__(self, model: torch.nn.Module, spec: ArchSpec) -> None:
+        self.model = model
+        self.spec = spec
+        self.model_type: str = model.config.model_type
+        self.backbone = _resolve(model, spec.backbone)
+        if self.backbone is None:
+            raise UnsupportedArchitecture(
+                f"{type(model).__name__}: backbone {spec.backbone!r} is None; fix the entry for "
+                f"{self.model_type!r} in exitbench.lens.ARCHITECTURES"
+            )
+        self.norm = _resolve(model, spec.final_norm)
+        self.pre_head = _resolve(model, spec.pre_head) if spec.pre_head else None
+        self.head = model.get_output_embeddings()
+        if self.head is None:
+            raise UnsupportedArchitecture(
+                f"{type(model).__name__} (model_type {self.model_type!r}) has no output "
+                "embeddings (LM head); load it with AutoModelForCausalLM"
+            )
+        self.post_value: float | None = None
+        if spec.post_head is not None:
+            value = getattr(model.config, spec.post_head.config_key, None)
+            self.post_value = None if value is None else float(value)
+        self.num_layers: int = int(model.config.get_text_config().num_hidden_layers)
+        first = 0 if spec.embedding_entry else 1
+        self.layer_numbers: list[int] = list(range(first, self.num_layers + 1))
+        self._norm_device = _device_of(self.norm)
+        self._pre_head_device = _device_of(self.pre_head)
+        self._head_device = _device_of(self.head)
+        head_weight = getattr(self.head, "weight", None)
+        self._head_dtype = (
+            head_weight.dtype
+            if isinstance(head_weight, torch.Tensor) and head_weight.is_floating_point()
+            else None
+        )
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> LogitLens:
+        """The lens of a loaded *ForCausalLM (or Gemma3ForConditionalGeneration).
+
+        Works on a weightless ``meta``-device model too (no tensor is touched).
+        Raises :class:`UnsupportedArchitecture` for a model_type not in the table.
+        """
+        return cls(model, check_supported(model.config.model_type))
+
+    def __repr__(self) -> str:
+        return f"LogitLens({self.model_type!r}, num_layers={self.num_layers}, spec={self.spec})"
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.layer_numbers:
+            raise ValueError(
+                f"layer {layer} out of range for {self.model_type!r}: the lens has layers "
+                f"{self.layer_numbers[0]}..{self.num_layers}"
+            )
+
+    def hidden_state(self, hidden_states: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
+        """h_layer from ``outputs.hidden_states`` (0 = embeddings; L = hidden_states[-1]).
+
+        With an embedding entry h_l = hidden_states[l]; without (Mamba family)
+        h_l = hidden_states[l - 1] for l < L. Layer L is always hidden_states[-1],
+        which the model has already final-normed.
+        """
+        self._check_layer(layer)
+        if len(hidden_states) != self.num_layers + 1:
+            raise ValueError(
+                f"expected {self.num_layers + 1} hidden states for {self.model_type!r} with "
+                f"{self.num_layers} layers, got {len(hidden_states)}; pass the hidden_states of "
+                "forward_hidden_states (or of model(..., output_hidden_states=True))"
+            )
+        if layer == self.num_layers:
+            return hidden_states[-1]
+        return hidden_states[layer if self.spec.embedding_entry else layer - 1]
+
+    def decode(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Logits [..., V] = post(head(proj(norm(h)))) in the head's dtype, for any leading shape.
+
+        The head's input is cast to the head's dtype first, as Mamba's forward does
+        (its residual stream is float32 under bfloat16 weights); for every other model
+        that cast is a no-op.
+
+        At layer L norm and proj are skipped when ``hidden_states[-1]`` is already
+        the head's input (the table's ``last_is_head_input``).
+        """
+        self._check_layer(layer)
+        if not (layer == self.num_layers and self.spec.last_is_head_input):
+            if self.norm is not None:
+                hidden = self.norm(_to(hidden, self._norm_device))
+            if self.pre_head is not None:
+                hidden = self.pre_head(_to(hidden, self._pre_head_device))
+        # Mamba keeps its residual stream in float32 and casts it to the head's dtype.
+        if self._head_dtype is not None:
+            hidden = hidden.to(self._head_dtype)
+        logits = self.head(_to(hidden, self._head_device))
+        if self.spec.post_head is not None and self.post_value is not None:
+            logits = self.spec.post_head.apply(logits, self.post_value)
+        return logits
+
+    def forward_hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """``outputs.hidden_states`` of the backbone alone (no LM head), without a KV cache.
+
+        These are exactly the tensors ``model(..., output_hidden_states=True)``
+        returns, and what :meth:`hidden_state` indexes.
+        """
+        device = _device_of(self.model.get_input_embeddings())
+        input_ids = _to(input_ids, device)
+        if attention_mask is not None:
+            attention_mask = _to(attention_mask, device)
+        with torch.no_grad():
+            outputs = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=True,
+                use_cache=False,
+                return_dict=True,
+            )
+        hidden_states = tuple(outputs.hidden_states)
+        if len(hidden_states) != self.num_layers + 1:
+            raise ValueError(
+                f"{type(self.model).__name__} returned {len(hidden_states)} hidden states, "
+                f"expected num_hidden_layers + 1 = {self.num_layers + 1}; the lens table entry "
+                f"for {self.model_type!r} does not match this transformers version"
+            )
+        return hidden_states
+
+
+def _to(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    return tensor if device is None or tensor.device == device else tensor.to(device)
