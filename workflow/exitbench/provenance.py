@@ -35,16 +35,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _clean(value: Any, digits: int) -> Any:
+def clean_json(value: Any, digits: int = 10) -> Any:
     """Round floats to ``digits`` significant digits, NaN/inf to None, numpy to Python."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
         value = value.item()
     if isinstance(value, float):
         return None if not math.isfinite(value) else float(f"{value:.{digits}g}")
     if isinstance(value, dict):
-        return {str(k): _clean(v, digits) for k, v in value.items()}
+        return {str(k): clean_json(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v, digits) for v in value]
+        return [clean_json(v, digits) for v in value]
     return value
 
 
@@ -52,7 +52,7 @@ def write_json(obj: Any, path: str | os.PathLike, digits: int = 10) -> Path:
     """Write ``obj`` as stable JSON (sorted keys, rounded floats) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(obj, digits), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(clean_json(obj, digits), indent=2, sort_keys=True, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)

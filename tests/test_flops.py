@@ -1,0 +1,238 @@
+"""FLOP and parameter counts against hand calculations."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import transformers
+
+from exitbench import flops
+
+SEQ_LEN = 16
+CTX = (SEQ_LEN + 1) / 2  # average causal context
+
+
+def llama_config(**overrides):
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+        "tie_word_embeddings": False,
+    }
+    return {**config, **overrides}
+
+
+def test_dense_llama_hand_count():
+    d, heads, kv, head_dim, inter, vocab = 64, 4, 2, 16, 128, 100
+    projections = 2 * (d * heads * head_dim + 2 * d * kv * head_dim + heads * head_dim * d)
+    scores = 2 * 2 * CTX * head_dim * heads
+    mlp = 2 * 3 * d * inter
+    layer = projections + scores + mlp
+    assert (projections, scores, mlp) == (24576, 2176, 49152)
+    model = flops.flop_model(llama_config(), SEQ_LEN)
+    assert model.per_layer == (layer, layer)
+    assert model.head == 2 * d * vocab == 12800
+    assert model.full == 2 * layer + 12800
+    # cost(e) = sum_{l <= e} layer_l + e * head
+    np.testing.assert_allclose(
+        model.exit_cost(np.array([1, 2])), [layer + 12800, 2 * layer + 25600]
+    )
+    assert model.net_savings(np.array([2, 2])) == pytest.approx(
+        1 - (2 * layer + 25600) / model.full
+    )
+    total, active = flops.parameter_counts(llama_config())
+    per_layer = 12288 + 3 * d * inter + 2 * d
+    assert total == active == 2 * per_layer + 2 * vocab * d + d
+
+
+def test_moe_mixtral_hand_count():
+    config = llama_config(
+        model_type="mixtral", intermediate_size=96, num_local_experts=4, num_experts_per_tok=2
+    )
+    d, inter, experts, top_k = 64, 96, 4, 2
+    attention = 24576 + 2176
+    router = 2 * d * experts
+    active_experts = top_k * 2 * 3 * d * inter
+    layer = attention + router + active_experts
+    assert layer == 26752 + 512 + 73728
+    model = flops.flop_model(config, SEQ_LEN)
+    assert model.per_layer == (layer, layer)
+    total, active = flops.parameter_counts(config)
+    assert total - active == 2 * (experts - top_k) * 3 * d * inter
+
+
+def test_ssm_mamba2_hand_count():
+    config = {
+        "model_type": "mamba2",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "expand": 2,
+        "num_heads": 8,
+        "head_dim": 16,
+        "n_groups": 1,
+        "state_size": 16,
+        "conv_kernel": 4,
+        "vocab_size": 100,
+    }
+    d, d_inner, heads, groups, state, conv = 64, 128, 8, 1, 16, 4
+    in_proj = 2 * d * (2 * d_inner + 2 * groups * state + heads)
+    conv_flops = 2 * (d_inner + 2 * groups * state) * conv
+    scan = 5 * d_inner * state + 2 * d_inner  # SSD update + read-out, D skip
+    norm = 5 * d_inner
+    out_proj = 2 * d_inner * d
+    layer = in_proj + conv_flops + scan + norm + out_proj
+    assert layer == 37888 + 1280 + 10496 + 640 + 16384
+    model = flops.flop_model(config, SEQ_LEN)
+    assert model.per_layer == (layer, layer)
+    assert model.head == 2 * d * 100
+
+
+def test_mamba1_count_and_auto_dt_rank():
+    config = {
+        "model_type": "mamba",
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "state_size": 16,
+        "time_step_rank": "auto",
+        "conv_kernel": 4,
+        "vocab_size": 100,
+    }
+    d, di, n, r, k = 64, 128, 16, 4, 4  # dt_rank auto = ceil(64 / 16)
+    matmul = d * 2 * di + di * k + di * (r + 2 * n) + r * di + di * d
+    assert flops.layer_flops(config, SEQ_LEN) == [2 * matmul + 9 * di * n + 4 * di]
+
+
+def test_big_vocabulary_pays_for_exit_checks():
+    small, big = llama_config(vocab_size=32_000), llama_config(vocab_size=256_000)
+    exits = np.array([1, 1, 2])
+    small_model, big_model = flops.flop_model(small, 256), flops.flop_model(big, 256)
+    assert small_model.per_layer == big_model.per_layer
+    assert big_model.net_savings(exits) < small_model.net_savings(exits)
+
+
+def test_published_sizes_are_matched():
+    def counts(config):
+        return flops.parameter_counts(config.to_dict())
+
+    total, active = counts(transformers.LlamaConfig())  # Llama-2-7B: 6.74B
+    assert total == active and total == pytest.approx(6.74e9, rel=0.01)
+    total, active = counts(transformers.MixtralConfig())  # Mixtral-8x7B: 46.7B / 12.9B
+    assert total == pytest.approx(46.7e9, rel=0.01) and active == pytest.approx(12.9e9, rel=0.01)
+    total, _ = counts(transformers.MambaConfig(num_hidden_layers=24))  # mamba-130m
+    assert total == pytest.approx(130e6, rel=0.03)
+    total, _ = counts(transformers.GPT2Config())  # GPT-2 124M
+    assert total == pytest.approx(124e6, rel=0.01)
+
+
+def test_sliding_window_and_nested_text_config():
+    assert flops.average_context(16) == CTX
+    assert flops.average_context(16, window=4) == pytest.approx((4 * 5 / 2 + 12 * 4) / 16)
+    config = {
+        "model_type": "gemma3",
+        "text_config": llama_config(
+            model_type="gemma3_text",
+            head_dim=16,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+    }
+    per_layer = flops.layer_flops(config, SEQ_LEN)
+    assert per_layer[1] - per_layer[0] == pytest.approx(
+        4 * 16 * 4 * (CTX - flops.average_context(SEQ_LEN, 4))
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        transformers.JambaConfig(
+            num_hidden_layers=8,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=4,
+            mamba_dt_rank=8,
+            vocab_size=100,
+        ),
+        transformers.Zamba2Config(
+            num_hidden_layers=6,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            n_mamba_heads=4,
+            mamba_headdim=32,
+            mamba_d_state=16,
+            vocab_size=100,
+            layers_block_type=["mamba", "mamba", "hybrid"] * 2,
+        ),
+        transformers.GraniteMoeHybridConfig(
+            num_hidden_layers=4,
+            hidden_size=64,
+            intermediate_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            mamba_n_heads=4,
+            mamba_d_head=32,
+            mamba_d_state=16,
+            vocab_size=100,
+            layer_types=["mamba", "attention"] * 2,
+        ),
+        transformers.DeepseekV2Config(
+            num_hidden_layers=3,
+            hidden_size=64,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            num_attention_heads=4,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            first_k_dense_replace=1,
+            vocab_size=100,
+        ),
+        transformers.Qwen2MoeConfig(
+            num_hidden_layers=3,
+            hidden_size=64,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=64,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mlp_only_layers=[0],
+            vocab_size=100,
+        ),
+    ],
+    ids=["jamba", "zamba2", "granitemoehybrid", "deepseek_v2", "qwen2_moe"],
+)
+def test_hybrid_and_moe_layers_differ_by_type(config):
+    config = config.to_dict()
+    per_layer = flops.layer_flops(config, SEQ_LEN)
+    assert len(per_layer) == config["num_hidden_layers"]
+    assert all(f > 0 for f in per_layer)
+    assert len(set(per_layer)) > 1  # attention vs mamba, dense vs MoE, hybrid vs plain
+    total, active = flops.parameter_counts(config)
+    assert total >= active > 0
+
+
+def test_unknown_model_type_falls_back_with_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="exitbench.flops"):
+        unknown = flops.layer_flops(llama_config(model_type="brand_new"), SEQ_LEN)
+    assert "brand_new" in caplog.text
+    assert unknown == flops.layer_flops(llama_config(), SEQ_LEN)
+    with pytest.raises(flops.FlopModelError, match="hidden_size"):
+        flops.layer_flops({"model_type": "llama", "num_hidden_layers": 2}, SEQ_LEN)

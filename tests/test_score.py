@@ -1,0 +1,329 @@
+"""Score stage end to end on hand-built lens shards: known answers, errors, reruns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from exitbench import metrics, score, tables
+from exitbench.tables import TableError
+
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 100,
+}
+
+
+def build(
+    tmp_path: Path,
+    windows: list[tuple[int, str, int]],
+    top1: np.ndarray,
+    gold: np.ndarray,
+    layers: list[int],
+    maxprob: np.ndarray | None = None,
+    shards: list[list[int]] | None = None,
+    shuffle: bool = False,
+    config: dict | None = LLAMA,
+) -> tuple[list[Path], Path, dict]:
+    """Write a tokens table and lens shards for ``windows`` = [(seq_id, doc_id, n_tokens)].
+
+    ``top1`` / ``maxprob`` are [tokens, layers] in (seq_id, pos) order, ``gold`` [tokens]
+    (-1 = none). Other lens columns are derived deterministically.
+    """
+    n_layers = len(layers)
+    lengths = [n for _, _, n in windows]
+    ids = pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        pa.array(np.zeros(sum(lengths), dtype=np.int32)),
+    )
+    tokens_table = pa.table(
+        {
+            "seq_id": [s for s, _, _ in windows],
+            "doc_id": [d for _, d, _ in windows],
+            "input_ids": ids,
+            "n_tokens": lengths,
+        }
+    )
+    tokens_path = tables.write_table(tokens_table, tmp_path / "tokens" / "work.parquet", "tokens")
+    if maxprob is None:
+        maxprob = np.linspace(0.2, 0.9, top1.size, dtype=np.float32).reshape(top1.shape)
+    seq_of = np.repeat([s for s, _, _ in windows], lengths)
+    pos_of = np.concatenate([np.arange(n) for n in lengths])
+    paths = []
+    for k, members in enumerate(shards or [[s for s, _, _ in windows]]):
+        rows = np.flatnonzero(np.isin(seq_of, members))
+        n = rows.size * n_layers
+        flat = lambda a, rows=rows: np.asarray(a)[rows].reshape(-1)  # noqa: E731
+        cos = np.tile(np.linspace(0.5, 0.99, n_layers, dtype=np.float32), rows.size)
+        g = np.repeat(gold[rows], n_layers)
+        table = pa.table(
+            {
+                "seq_id": np.repeat(seq_of[rows], n_layers),
+                "pos": np.repeat(pos_of[rows], n_layers).astype(np.int32),
+                "layer": np.tile(np.array(layers, dtype=np.int16), rows.size),
+                "top1": flat(top1).astype(np.int32),
+                "topk_ids": pa.array([[int(t)] for t in flat(top1)], pa.list_(pa.int32())),
+                "topk_logprobs": pa.array([[0.0]] * n, pa.list_(pa.float32())),
+                "maxprob": flat(maxprob).astype(np.float32),
+                "margin": (flat(maxprob) / 2).astype(np.float32),
+                "entropy": (1 - flat(maxprob)).astype(np.float32),
+                "logprob_final_top1": np.zeros(n, np.float32),
+                "gold": pa.array(np.where(g < 0, 0, g).astype(np.int32), mask=g < 0),
+                "logprob_gold": pa.array(np.zeros(n, np.float32), mask=g < 0),
+                "kl_to_final": np.tile(np.arange(n_layers, 0, -1, dtype=np.float32), rows.size),
+                "cos_prev": pa.array(cos, mask=np.tile(np.arange(n_layers) == 0, rows.size)),
+            }
+        )
+        if shuffle:
+            table = table.take(np.random.default_rng(k).permutation(n))
+        paths.append(tables.write_table(table, tmp_path / "lens" / f"shard-{k}.parquet", "lens"))
+    info = {
+        "name": "tiny",
+        "model_type": (config or {}).get("model_type", "x"),
+        "num_layers": layers[-1],
+        "layer_numbers": layers,
+        "config": config,
+    }
+    return paths, tokens_path, info
+
+
+def hand_case(tmp_path: Path, **kwargs):
+    """L = 4 with embeddings; 2 documents of one window each, 3 tokens per window.
+
+    Final predictions are token 7 everywhere. Per token, layers 0..4:
+      doc a: t0 agrees from layer 3 (e_sat 3), t1 agrees at 2, not 3, from 4 (e_first 2,
+             e_sat 4), t2 agrees at every layer >= 1 (e_sat 1, layer 0 disagrees)
+      doc b: t3 agrees from 2, t4 from 4, t5 from 1.
+    Gold: 7 for t0, t1, t3 and 5 for t4; t2 and t5 end their window (no gold).
+    """
+    x = 1  # a wrong prediction
+    top1 = np.array(
+        [
+            [x, x, x, 7, 7],
+            [x, x, 7, x, 7],
+            [x, 7, 7, 7, 7],
+            [x, x, 7, 7, 7],
+            [x, x, x, x, 7],
+            [x, 7, 7, 7, 7],
+        ]
+    )
+    gold = np.array([7, 7, -1, 7, 5, -1])
+    windows = [(0, "a", 3), (1, "b", 3)]
+    return build(tmp_path, windows, top1, gold, layers=[0, 1, 2, 3, 4], **kwargs)
+
+
+def test_known_answers(tmp_path):
+    paths, tokens, info = hand_case(tmp_path)
+    table, summary = score.score_lens(paths, tokens, info, {"bootstrap": 50}, seed=0)
+    rows = table.to_pylist()
+    assert [r["layer"] for r in rows] == [0, 1, 2, 3, 4]
+    # e_sat = 3, 4, 1, 2, 4, 1 ; e_first = 3, 2, 1, 2, 4, 1
+    assert [r["saturation_count"] for r in rows] == [0, 2, 1, 1, 2]
+    assert [r["first_agreement_count"] for r in rows] == [0, 2, 2, 1, 1]
+    assert [r["agreement"] for r in rows] == pytest.approx([0, 2 / 6, 4 / 6, 4 / 6, 1])
+    # final top-1 is 7 everywhere: right for t0, t1, t3 of the 4 tokens with gold
+    assert rows[4]["accuracy"] == pytest.approx(3 / 4)
+    assert rows[2]["accuracy"] == pytest.approx(2 / 4)  # t1, t3
+    assert rows[0]["n_tokens"] == 6 and rows[0]["n_gold_tokens"] == 4
+    assert rows[0]["cos_prev_mean"] is None
+    assert rows[2]["kl_to_final_mean"] == pytest.approx(3.0)
+    head = summary["headline"]
+    assert head["mean_saturation_layer"]["estimate"] == pytest.approx(15 / 6)
+    assert head["mean_first_agreement_layer"]["estimate"] == pytest.approx(13 / 6)
+    assert head["oracle_savings"]["estimate"] == pytest.approx(1 - 15 / 6 / 4)
+    assert head["final_accuracy"]["estimate"] == pytest.approx(3 / 4)
+    assert summary["distributions"]["saturation_count"] == [2, 1, 1, 2]
+    assert (summary["n_documents"], summary["n_calibration_documents"]) == (2, 1)
+    flop = summary["flops"]
+    full = flop["full"]
+    costs = np.cumsum([0] + flop["per_layer"]) + np.arange(5) * flop["head"]
+    expected = 1 - np.mean(costs[[3, 4, 1, 2, 4, 1]]) / full
+    assert head["oracle_net_flop_savings"]["estimate"] == pytest.approx(expected)
+
+
+def test_perfect_confidence_policy_matches_oracle_on_heldout(tmp_path):
+    """maxprob = 0.99 exactly from each token's saturation layer on, 0.1 before:
+    the maxprob policy chosen for 99% consistency exits at e_sat."""
+    rng = np.random.default_rng(0)
+    windows = [(s, f"doc{s // 2}", 8) for s in range(20)]
+    n_tokens, layers = 160, list(range(7))
+    saturation = rng.integers(1, 7, n_tokens)
+    depth = np.arange(7)[None, :]
+    top1 = np.where(depth >= saturation[:, None], 3, rng.integers(10, 20, (n_tokens, 7)))
+    maxprob = np.where(depth >= saturation[:, None], 0.99, 0.1).astype(np.float32)
+    gold = np.full(n_tokens, 3)
+    paths, tokens, info = build(tmp_path, windows, top1, gold, layers, maxprob=maxprob)
+    _, summary = score.score_lens(paths, tokens, info, {"bootstrap": 20}, seed=0)
+    policy = summary["policies"]["maxprob"]["0.99"]
+    assert policy["threshold"] == pytest.approx(0.99)
+    assert policy["consistency"]["estimate"] == 1.0
+    doc_ids = [f"doc{d}" for d in range(10)]
+    heldout = ~metrics.split_documents(doc_ids, 0.5, seed=0)
+    token_doc = np.repeat(np.arange(10), 16)
+    expected = 1 - saturation[heldout[token_doc]].mean() / 6
+    assert policy["savings"]["estimate"] == pytest.approx(expected)
+    assert summary["headline"]["savings_at_99"]["estimate"] >= expected - 1e-12
+    # the +inf end of every sweep never exits early
+    assert summary["sweeps"]["maxprob"][-1]["threshold"] is None
+    assert summary["sweeps"]["maxprob"][-1]["savings"] == 0.0
+
+
+def test_rerun_is_byte_identical_and_order_independent(tmp_path):
+    rng = np.random.default_rng(1)
+    windows = [(s, f"d{s // 3}", 10) for s in range(12)]
+    top1 = rng.integers(0, 3, (120, 5))
+    gold = rng.integers(0, 3, 120)
+    gold[9::10] = -1
+    maxprob = rng.random((120, 5)).astype(np.float32)
+    paths, tokens, info = build(
+        tmp_path / "a",
+        windows,
+        top1,
+        gold,
+        [0, 1, 2, 3, 4],
+        maxprob,
+        shards=[[0, 1, 2], list(range(3, 12))],
+    )
+    outputs = []
+    for run in range(2):
+        table, summary = score.score_lens(paths, tokens, info, {"bootstrap": 100}, seed=3)
+        out = tmp_path / f"run{run}"
+        score.write_scores(table, summary, out / "s.parquet", out / "s.json", {"seed": 3})
+        outputs.append(((out / "s.parquet").read_bytes(), (out / "s.json").read_bytes()))
+    assert outputs[0] == outputs[1]
+    # the same rows in shuffled order (scatter path) give the same numbers
+    paths2, tokens2, info2 = build(
+        tmp_path / "b",
+        windows,
+        top1,
+        gold,
+        [0, 1, 2, 3, 4],
+        maxprob,
+        shards=[list(range(12))],
+        shuffle=True,
+    )
+    table2, summary2 = score.score_lens(paths2, tokens2, info2, {"bootstrap": 100}, seed=3)
+    out = tmp_path / "run_shuffled"
+    score.write_scores(table2, summary2, out / "s.parquet", out / "s.json", {"seed": 3})
+    assert (out / "s.json").read_bytes() == outputs[0][1]
+    written = json.loads(outputs[0][1])
+    assert written["provenance"] == {"seed": 3}
+    assert tables.read_table(tmp_path / "run0" / "s.parquet", "scores").num_rows == 5
+
+
+def test_truncated_shard_fails_naming_its_path(tmp_path):
+    paths, tokens, info = hand_case(tmp_path)
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[: len(data) // 2])
+    with pytest.raises(TableError, match=str(paths[0])):
+        score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+
+
+def test_shard_missing_a_layer_fails_clearly(tmp_path):
+    paths, tokens, info = hand_case(tmp_path)
+    table = tables.read_table(paths[0], "lens")
+    keep = np.asarray(table.column("layer")) != 2
+    tables.write_table(table.filter(pa.array(keep)), paths[0], "lens")
+    with pytest.raises(score.ScoreError, match=r"shard-0\.parquet.*missing layer\(s\) \[2\]"):
+        score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+
+
+def test_shard_missing_rows_or_windows_fails_clearly(tmp_path):
+    paths, tokens, info = hand_case(tmp_path, shards=[[0], [1]])
+    # one token lacks all its layers: row count no longer matches its windows
+    table = tables.read_table(paths[1], "lens")
+    keep = np.asarray(table.column("pos")) != 1
+    tables.write_table(table.filter(pa.array(keep)), paths[1], "lens")
+    with pytest.raises(score.ScoreError, match=r"shard-1\.parquet: \d+ rows, expected"):
+        score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+    # a whole window absent from every shard
+    with pytest.raises(score.ScoreError, match="seq_id=1 .*no shard has any row"):
+        score.score_lens(paths[:1], tokens, info, {"bootstrap": 10}, seed=0)
+    # the same window in two shards
+    with pytest.raises(score.ScoreError, match="duplicate"):
+        score.score_lens([paths[0], paths[0]], tokens, info, {"bootstrap": 10}, seed=0)
+
+
+def test_ssm_layers_without_embeddings_and_without_flop_model(tmp_path):
+    top1 = np.array([[1, 7, 7], [7, 1, 7], [7, 7, 7], [1, 1, 7]])
+    windows = [(0, "a", 2), (1, "b", 2)]
+    paths, tokens, info = build(
+        tmp_path, windows, top1, np.array([7, -1, 7, -1]), layers=[1, 2, 3], config=None
+    )
+    table, summary = score.score_lens(paths, tokens, info, {"bootstrap": 0}, seed=0)
+    rows = table.to_pylist()
+    assert [r["layer"] for r in rows] == [1, 2, 3]
+    assert [r["saturation_count"] for r in rows] == [1, 1, 2]
+    assert rows[0]["cos_prev_mean"] is None and rows[1]["cos_prev_mean"] is not None
+    assert rows[0]["agreement_ci_low"] is None  # no bootstrap
+    assert summary["flops"] is None
+    assert summary["headline"]["oracle_net_flop_savings"]["estimate"] is None
+    assert summary["headline"]["net_flop_savings_at_99"] == {
+        "estimate": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
+    out = tmp_path / "out"
+    score.write_scores(table, summary, out / "s.parquet", out / "s.json")
+    assert json.loads((out / "s.json").read_text())["headline"]["oracle_savings"]["ci_low"] is None
+
+
+def test_summary_schema_rejects_a_broken_summary(tmp_path):
+    paths, tokens, info = hand_case(tmp_path)
+    _, summary = score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+    del summary["headline"]["savings_at_95"]
+    with pytest.raises(score.ScoreError, match="savings_at_95"):
+        score.validate_headline(summary)
+
+
+@pytest.mark.parametrize("kind", ["llama", "mamba2"])
+def test_scores_real_extract_shards(tmp_path, tiny_model_dirs, kind):
+    """Contract with the extract stage: its shards (layers 0..L or 1..L) score cleanly."""
+    from exitbench import extract, models
+
+    entry = {"path": str(tiny_model_dirs[kind]), "dtype": "float32"}
+    info = models.describe_model(kind, entry)
+    lengths = [12, 12, 9, 12, 5]
+    rng = np.random.default_rng(0)
+    ids = pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        pa.array(rng.integers(0, 300, sum(lengths)).astype(np.int32)),
+    )
+    tokens_table = pa.table(
+        {
+            "seq_id": np.arange(5),
+            "doc_id": ["a", "a", "b", "c", "d"],
+            "input_ids": ids,
+            "n_tokens": np.array(lengths, np.int32),
+        }
+    )
+    tokens = tables.write_table(tokens_table, tmp_path / "tokens.parquet", "tokens")
+    shards = [tmp_path / f"shard-{k}.parquet" for k in range(2)]
+    for k, shard in enumerate(shards):
+        extract.extract_shard(kind, entry, tokens, shard, k, 3, 3, 4, 64)
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    summary = score.score_files(
+        shards,
+        tokens,
+        tmp_path / "model.json",
+        tmp_path / "out.parquet",
+        tmp_path / "out.json",
+        {"bootstrap": 20, "seq_len": 12},
+        seed=0,
+    )
+    curves = tables.read_table(tmp_path / "out.parquet", "scores").to_pylist()
+    assert [row["layer"] for row in curves] == info["layer_numbers"]
+    assert curves[-1]["agreement"] == 1.0
+    assert sum(row["saturation_count"] for row in curves) == sum(lengths)
+    assert summary["n_tokens"] == sum(lengths) and summary["n_documents"] == 4
+    assert len(summary["flops"]["per_layer"]) == info["num_layers"]
+    assert 0 <= summary["headline"]["oracle_savings"]["estimate"] < 1
