@@ -1,0 +1,291 @@
+"""Extraction: lens rows against the model's own logits and a full-softmax reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from exitbench import extract, models, tables
+from exitbench.extract import NonFiniteLogitsError
+from exitbench.lens import LogitLens
+
+KINDS = ["llama", "gpt2", "mamba2"]
+LENGTHS = [12, 7, 12, 1, 9, 5]  # seq_id 0..5; a 1-token window has no gold at all
+TOP_K = 4
+
+
+@pytest.fixture(scope="module")
+def tokens_path(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 384, size=n).astype(np.int32) for n in LENGTHS]
+    table = pa.table(
+        {
+            "seq_id": np.arange(len(windows), dtype=np.int64),
+            "doc_id": [f"doc{i // 2}" for i in range(len(windows))],
+            "input_ids": [w.tolist() for w in windows],
+            "n_tokens": np.asarray(LENGTHS, dtype=np.int32),
+        }
+    )
+    return tables.write_table(table, tmp_path_factory.mktemp("tokens") / "w.parquet", "tokens")
+
+
+def windows_of(tokens_path) -> list[list[int]]:
+    return tables.read_table(tokens_path, "tokens")["input_ids"].to_pylist()
+
+
+def load(tiny_model_dirs, kind):
+    model, _ = models.load_model(kind, {"path": str(tiny_model_dirs[kind])}, device="cpu")
+    return model, LogitLens.from_model(model)
+
+
+def run_shard(tiny_model_dirs, kind, tokens_path, out, shard=0, **overrides):
+    options = dict(shard_sequences=4, top_k=TOP_K, batch_size=3, token_chunk=5, device="cpu")
+    options.update(overrides)
+    return extract.extract_shard(
+        kind, {"path": str(tiny_model_dirs[kind])}, tokens_path, out, shard, **options
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shard_rows_and_final_layer(tiny_model_dirs, tokens_path, tmp_path, kind):
+    model, lens = load(tiny_model_dirs, kind)
+    layers = list(lens.layer_numbers)
+    for shard, seq_ids in [(0, [0, 1, 2, 3]), (1, [4, 5])]:
+        out = tmp_path / f"shard-{shard}.parquet"
+        stats = run_shard(tiny_model_dirs, kind, tokens_path, out, shard)
+        table = tables.read_table(out, "lens").to_pandas()
+        n_tokens = sum(LENGTHS[i] for i in seq_ids)
+        assert len(table) == n_tokens * len(layers) == stats["rows"]
+        assert stats["windows"] == len(seq_ids) and stats["tokens"] == n_tokens
+        keys = table[["seq_id", "pos", "layer"]].to_records(index=False).tolist()
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+        assert sorted(table["seq_id"].unique()) == seq_ids
+        assert sorted(table["layer"].unique()) == layers
+
+        final = table[table["layer"] == lens.num_layers]
+        windows = windows_of(tokens_path)
+        for seq_id in seq_ids:
+            ids = torch.tensor([windows[seq_id]])
+            with torch.no_grad():
+                logits = model(ids).logits[0].float()
+            rows = final[final["seq_id"] == seq_id].sort_values("pos")
+            assert rows["top1"].tolist() == logits.argmax(-1).tolist()
+            logp = torch.log_softmax(logits, -1)
+            top = torch.topk(logp, TOP_K, dim=-1)
+            np.testing.assert_array_equal(np.stack(rows["topk_ids"]), top.indices.numpy())
+            np.testing.assert_allclose(np.stack(rows["topk_logprobs"]), top.values, atol=1e-5)
+            gold = rows["gold"].tolist()
+            assert gold[:-1] == windows[seq_id][1:] and pd_isna(gold[-1])
+        assert (final["kl_to_final"] == 0).all()
+        np.testing.assert_allclose(
+            final["logprob_final_top1"], np.log(final["maxprob"]), rtol=0, atol=1e-6
+        )
+        first = table[table["layer"] == layers[0]]
+        assert first["cos_prev"].isna().all() and table["cos_prev"].notna().sum() == len(
+            table
+        ) - len(first)
+
+
+def pd_isna(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def reference(lens, ids, layer):
+    """Full-softmax lens statistics of one window at ``layer`` (float64, no chunking)."""
+    with torch.no_grad():
+        states = lens.forward_hidden_states(ids, torch.ones_like(ids))
+        logits = lens.decode(lens.hidden_state(states, layer), layer)[0].double()
+        final = lens.decode(lens.hidden_state(states, lens.num_layers), lens.num_layers)[0].double()
+        hidden = lens.hidden_state(states, layer)[0].double()
+        previous = lens.hidden_state(states, layer - 1)[0].double()
+    p, logp = torch.softmax(logits, -1), torch.log_softmax(logits, -1)
+    p_final, logp_final = torch.softmax(final, -1), torch.log_softmax(final, -1)
+    top2 = torch.topk(p, 2, dim=-1).values
+    final_top1 = final.argmax(-1)
+    gold = ids[0, 1:]
+    return {
+        "top1": logits.argmax(-1).numpy(),
+        "maxprob": p.max(-1).values.numpy(),
+        "margin": (top2[:, 0] - top2[:, 1]).numpy(),
+        "entropy": -(p * logp).sum(-1).numpy(),
+        "kl_to_final": (p_final * (logp_final - logp)).sum(-1).numpy(),
+        "logprob_final_top1": logp.gather(1, final_top1[:, None])[:, 0].numpy(),
+        "logprob_gold": logp[:-1].gather(1, gold[:, None])[:, 0].numpy(),
+        "cos_prev": torch.nn.functional.cosine_similarity(hidden, previous, dim=-1).numpy(),
+    }
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inner_layer_matches_full_softmax(tiny_model_dirs, tokens_path, kind):
+    _, lens = load(tiny_model_dirs, kind)
+    ids = torch.tensor([windows_of(tokens_path)[0]])
+    result = extract.reduce_layers(lens, ids, torch.ones_like(ids), top_k=3, token_chunk=5)
+    layer = lens.layer_numbers[len(lens.layer_numbers) // 2]
+    expected = reference(lens, ids, layer)
+    mine = {name: values[result["layer"] == layer] for name, values in result.items()}
+    np.testing.assert_array_equal(mine["top1"], expected["top1"])
+    for name in ("maxprob", "margin", "entropy", "kl_to_final", "logprob_final_top1", "cos_prev"):
+        np.testing.assert_allclose(mine[name], expected[name], rtol=1e-5, atol=2e-6, err_msg=name)
+    np.testing.assert_allclose(mine["logprob_gold"][:-1], expected["logprob_gold"], atol=2e-6)
+    assert np.isnan(mine["logprob_gold"][-1]) and mine["gold"][-1] == -1
+    assert (mine["kl_to_final"] > 0).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_right_padding_does_not_change_results(tiny_model_dirs, tokens_path, kind):
+    _, lens = load(tiny_model_dirs, kind)
+    short, long = windows_of(tokens_path)[1], windows_of(tokens_path)[0]
+    ids = torch.tensor([short])
+    alone = extract.reduce_layers(lens, ids, torch.ones_like(ids), top_k=3, token_chunk=4)
+    padded = torch.zeros((2, len(long)), dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    padded[0], mask[0] = torch.tensor(long), 1
+    padded[1, : len(short)], mask[1, : len(short)] = torch.tensor(short), 1
+    batched = extract.reduce_layers(lens, padded, mask, top_k=3, token_chunk=4)
+    second = batched["row"] == 1
+    assert second.sum() == len(alone["row"])
+    for name, values in alone.items():
+        if name == "row":
+            continue
+        other = batched[name][second]
+        if values.dtype.kind in "iu":
+            np.testing.assert_array_equal(values, other, err_msg=name)
+        else:
+            np.testing.assert_allclose(values, other, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_reruns_are_byte_identical(tiny_model_dirs, tokens_path, tmp_path):
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    run_shard(tiny_model_dirs, "llama", tokens_path, first)
+    run_shard(tiny_model_dirs, "llama", tokens_path, second)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_batch_size_and_chunk_do_not_change_values(tiny_model_dirs, tokens_path, tmp_path):
+    small, large = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    run_shard(tiny_model_dirs, "gpt2", tokens_path, small, batch_size=1, token_chunk=3)
+    run_shard(tiny_model_dirs, "gpt2", tokens_path, large, batch_size=4, token_chunk=64)
+    a, b = tables.read_table(small, "lens"), tables.read_table(large, "lens")
+    for name in ("seq_id", "pos", "layer", "top1", "topk_ids", "gold"):
+        assert a[name].equals(b[name]), name
+    for name in ("maxprob", "entropy", "kl_to_final", "cos_prev"):
+        np.testing.assert_allclose(
+            a[name].to_numpy(zero_copy_only=False),
+            b[name].to_numpy(zero_copy_only=False),
+            atol=1e-5,
+        )
+
+
+def test_empty_shard(tiny_model_dirs, tokens_path, tmp_path):
+    out = tmp_path / "shard-9.parquet"
+    stats = run_shard(tiny_model_dirs, "llama", tokens_path, out, shard=9)
+    table = tables.read_table(out, "lens")
+    assert table.num_rows == 0 and stats["rows"] == 0
+    assert table.schema.equals(tables.load_schema("lens"), check_metadata=False)
+
+
+def test_nan_logits_name_the_layer(tiny_model_dirs, tokens_path, tmp_path, monkeypatch):
+    decode = LogitLens.decode
+
+    def broken(self, hidden, layer):
+        logits = decode(self, hidden, layer)
+        return logits.fill_(float("nan")) if layer == 2 else logits
+
+    monkeypatch.setattr(LogitLens, "decode", broken)
+    out = tmp_path / "shard-0.parquet"
+    with pytest.raises(NonFiniteLogitsError, match="layer 2") as err:
+        run_shard(tiny_model_dirs, "llama", tokens_path, out)
+    assert "'llama'" in str(err.value) and str(out) in str(err.value)
+    assert not out.exists()
+
+
+def test_inf_logits_are_caught(tiny_model_dirs, tokens_path):
+    _, lens = load(tiny_model_dirs, "gpt2")
+    decode = lens.decode
+
+    def one_inf(hidden, layer):
+        logits = decode(hidden, layer)
+        if layer == 1:
+            logits[..., 7] = float("-inf")
+        return logits
+
+    lens.decode = one_inf
+    ids = torch.tensor([windows_of(tokens_path)[0]])
+    with pytest.raises(NonFiniteLogitsError, match="layer 1"):
+        extract.reduce_layers(lens, ids, torch.ones_like(ids), top_k=3, token_chunk=5)
+
+
+@pytest.mark.parametrize("vocab", [50, 4096, 50257])
+def test_topk_blockwise_equals_torch_topk(vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn((7, vocab), generator=generator)
+    logits[0, -3:] = 100.0 + torch.arange(3.0)  # the top-k in the ragged tail
+    logits[1, :5] = 50.0 + torch.arange(5.0)  # all in one block
+    expected = torch.topk(logits, 6, dim=-1)
+    values, ids = extract.topk_blockwise(logits, 6, block=64)
+    assert torch.equal(values, expected.values) and torch.equal(ids, expected.indices)
+
+
+def test_topk_blockwise_breaks_ties_like_argmax():
+    logits = torch.zeros((3, 4096))
+    logits[0, [3000, 17, 900]] = 1.0  # max tied in 3 blocks
+    logits[1, ::64] = 2.0  # max tied in every block: more than k blocks
+    logits[2, 4095] = 1.0  # single max in the last position
+    values, ids = extract.topk_blockwise(logits, 5, block=64)
+    assert ids[:, 0].tolist() == logits.argmax(-1).tolist() == [17, 0, 4095]
+    assert torch.equal(values, torch.topk(logits, 5, dim=-1).values)
+    assert sorted(ids[0, :3].tolist()) == [17, 900, 3000]
+    for row in range(3):
+        assert torch.equal(logits[row, ids[row]], values[row])
+        assert len(set(ids[row].tolist())) == 5
+
+
+def test_out_of_memory_halves_the_batch(
+    tiny_model_dirs, tokens_path, tmp_path, monkeypatch, caplog
+):
+    reference_out, retried_out = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    run_shard(tiny_model_dirs, "llama", tokens_path, reference_out, batch_size=1)
+    reduce_layers = extract.reduce_layers
+
+    def small_memory(lens, input_ids, *args):
+        if input_ids.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return reduce_layers(lens, input_ids, *args)
+
+    monkeypatch.setattr(extract, "reduce_layers", small_memory)
+    stats = run_shard(tiny_model_dirs, "llama", tokens_path, retried_out, batch_size=4)
+    assert stats["batch_size"] == 1 and "retrying with batch_size=2" in caplog.text
+    assert reference_out.read_bytes() == retried_out.read_bytes()
+
+
+def test_opt_350m_projected_last_state_has_null_cos_prev(tmp_path):
+    """OPT-350m's hidden_states[-1] is projected to the head width: cos_prev is null there."""
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    from exitbench.extract import reduce_layers
+    from exitbench.lens import LogitLens
+
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=64,
+        hidden_size=32,
+        word_embed_proj_dim=16,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        do_layer_norm_before=False,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    lens = LogitLens.from_model(model)
+    ids = torch.randint(0, 64, (1, 6))
+    result = reduce_layers(lens, ids, torch.ones_like(ids), top_k=3, token_chunk=4)
+    final = result["layer"] == lens.num_layers
+    assert np.isnan(result["cos_prev"][final]).all()
+    inner = (result["layer"] > lens.layer_numbers[0]) & ~final
+    assert np.isfinite(result["cos_prev"][inner]).all()
+    expected = model(ids).logits[0].argmax(-1).numpy()
+    assert (result["top1"][final] == expected).all()
