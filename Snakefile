@@ -23,8 +23,8 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         "results/summary.parquet",
         "results/summary.csv",
         expand("figures/{figure}.{ext}", figure=FIGURES, ext=["pdf", "png"]),
-    default_target: True

@@ -7,7 +7,6 @@ from exitbench.config import ConfigError, resolve_path, validate_config
 from exitbench.registry import fill_metadata, load_registry
 from exitbench.zoo import zoo_run_dir
 
-
 config.update(validate_config(config))
 config["models"] = fill_metadata(
     config["models"], load_registry(resolve_path(config["registry"]))

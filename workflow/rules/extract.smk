@@ -20,22 +20,22 @@ rule extract:
         weights=model_inputs,
     output:
         "results/lens/{model}/{workload}/shard-{shard}.parquet",
-    params:
-        source=model_source,
-        extract=config["extract"],
-        seed=config["seed"],
     log:
         "results/logs/extract/{model}/{workload}/shard-{shard}.log",
     benchmark:
         "results/benchmarks/extract/{model}/{workload}/shard-{shard}.tsv"
-    threads: 2
     retries: 2
+    conda:
+        "../../envs/exitbench.yaml"
+    threads: 2
     resources:
         gpu=extract_resource("gpu"),
         mem_mb=extract_resource("mem_mb"),
         runtime=extract_resource("runtime"),
         cpus_per_gpu=extract_resource("cpus_per_gpu"),
-    conda:
-        "../../envs/exitbench.yaml"
+    params:
+        source=model_source,
+        extract=config["extract"],
+        seed=config["seed"],
     script:
         "../scripts/extract.py"

@@ -10,19 +10,19 @@ rule score:
     output:
         curves="results/scores/{model}/{workload}.parquet",
         headline="results/scores/{model}/{workload}.json",
+    log:
+        "results/logs/score/{model}/{workload}.log",
+    benchmark:
+        "results/benchmarks/score/{model}/{workload}.tsv"
+    conda:
+        "../../envs/exitbench.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         source=model_source,
         score=config["score"],
         seq_len=config["tokenize"]["seq_len"],
         seed=config["seed"],
-    log:
-        "results/logs/score/{model}/{workload}.log",
-    benchmark:
-        "results/benchmarks/score/{model}/{workload}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/exitbench.yaml"
     script:
         "../scripts/score.py"

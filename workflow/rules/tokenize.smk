@@ -6,12 +6,12 @@ rule describe_model:
         model_inputs,
     output:
         "results/models/{model}.json",
-    params:
-        source=model_source,
     log:
         "results/logs/describe_model/{model}.log",
     conda:
         "../../envs/exitbench.yaml"
+    params:
+        source=model_source,
     script:
         "../scripts/describe_model.py"
 
@@ -24,12 +24,12 @@ rule tokenize:
     output:
         table="results/tokens/{model}/{workload}.parquet",
         stats="results/tokens/{model}/{workload}.json",
-    params:
-        source=model_source,
-        tokenize=config["tokenize"],
     log:
         "results/logs/tokenize/{model}/{workload}.log",
     conda:
         "../../envs/exitbench.yaml"
+    params:
+        source=model_source,
+        tokenize=config["tokenize"],
     script:
         "../scripts/tokenize_workload.py"

@@ -5,12 +5,12 @@ rule workload:
     output:
         table="results/workloads/{workload}.parquet",
         provenance="results/workloads/{workload}.json",
-    params:
-        spec=lambda wildcards: config["workloads"][wildcards.workload],
-        seed=config["seed"],
     log:
         "results/logs/workload/{workload}.log",
     conda:
         "../../envs/exitbench.yaml"
+    params:
+        spec=lambda wildcards: config["workloads"][wildcards.workload],
+        seed=config["seed"],
     script:
         "../scripts/workload.py"

@@ -1,0 +1,644 @@
+"""Aggregate stage: summary table and claim statistics on a synthetic study.
+
+``write_fake_study`` builds score JSONs (valid against the score headline
+schema), score Parquets and model descriptions for a study of 10 models (dense,
+MoE, SSM, hybrid; release dates; a base/tuned pair; a training run with 4
+checkpoints) on two workloads, one pair of which failed. tests/test_plots.py
+renders its figures from the same study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from exitbench import aggregate
+from exitbench.provenance import write_json
+from exitbench.tables import read_table, write_table
+
+MEASURES = ("maxprob", "margin", "entropy", "cos_prev", "patience")
+
+#: name -> (config entry, num_layers, oracle_savings on workload "docs")
+FAKE_MODELS: dict[str, tuple[dict[str, Any], int, float]] = {
+    "gpt2-small": (
+        {
+            "family": "GPT-2",
+            "release": "2019-02",
+            "arch": "dense",
+            "total_params": 124e6,
+            "tuning": "base",
+            "hf_id": "openai-community/gpt2",
+        },
+        12,
+        0.40,
+    ),
+    "gpt2-xl": (
+        {
+            "family": "GPT-2",
+            "release": "2019-11",
+            "arch": "dense",
+            "total_params": 1.56e9,
+            "tuning": "base",
+            "hf_id": "openai-community/gpt2-xl",
+        },
+        48,
+        0.37,
+    ),
+    "llama-7b": (
+        {
+            "family": "Llama",
+            "generation": "Llama-2",
+            "release": "2023-07-18",
+            "arch": "dense",
+            "total_params": 6.7e9,
+            "tuning": "base",
+            "path": "zoo/llama",
+        },
+        32,
+        0.30,
+    ),
+    "llama-7b-chat": (
+        {
+            "family": "Llama",
+            "generation": "Llama-2",
+            "release": "2023-07-18",
+            "arch": "dense",
+            "total_params": 6.7e9,
+            "tuning": "tuned",
+            "base_model": "llama-7b",
+            "path": "zoo/chat",
+        },
+        32,
+        0.26,
+    ),
+    "llama-8b": (
+        {
+            "family": "Llama",
+            "generation": "Llama-3",
+            "release": "2024-04",
+            "arch": "dense",
+            "total_params": 8.0e9,
+            "tuning": "base",
+            "path": "zoo/llama3",
+        },
+        32,
+        0.25,
+    ),
+    "mixtral": (
+        {
+            "family": "Mixtral",
+            "release": "2023-12",
+            "arch": "moe",
+            "total_params": 46.7e9,
+            "active_params": 12.9e9,
+            "tuning": "base",
+            "hf_id": "mistralai/Mixtral-8x7B-v0.1",
+        },
+        32,
+        0.28,
+    ),
+    "mamba": (
+        {
+            "family": "Mamba",
+            "release": "2023-12",
+            "arch": "ssm",
+            "total_params": 2.8e9,
+            "tuning": "base",
+            "hf_id": "state-spaces/mamba-2.8b-hf",
+        },
+        64,
+        0.33,
+    ),
+    "jamba": (
+        {
+            "family": "Jamba",
+            "release": "?",
+            "arch": "hybrid",
+            "total_params": 52e9,
+            "active_params": 12e9,
+            "hf_id": "ai21labs/Jamba-v0.1",
+        },
+        32,
+        0.27,
+    ),
+    **{
+        f"pythia-step{step}": (
+            {
+                "family": "Pythia",
+                "release": "2023-02",
+                "arch": "dense",
+                "total_params": 160e6,
+                "tuning": "base",
+                "hf_id": "EleutherAI/pythia-160m",
+                "revision": f"step{step}",
+                "training_step": step,
+                "checkpoint_of": "pythia-160m",
+            },
+            12,
+            savings,
+        )
+        for step, savings in [(0, 0.05), (1000, 0.20), (10000, 0.30), (143000, 0.35)]
+    },
+}
+WORKLOADS = ("docs", "code")
+WORKLOAD_SHIFT = {"docs": 0.0, "code": 0.05}
+FAILED = (("mamba", "code"),)
+
+
+@dataclass
+class FakeStudy:
+    models: dict[str, dict[str, Any]]
+    score_jsons: dict[tuple[str, str], Path]
+    curves: dict[tuple[str, str], Path]
+    model_infos: dict[str, Path]
+    root: Path
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _ci(estimate: float | None, half: float = 0.02) -> dict[str, float | None]:
+    if estimate is None:
+        return {"estimate": None, "ci_low": None, "ci_high": None}
+    return {"estimate": estimate, "ci_low": estimate - half, "ci_high": estimate + half * 1.5}
+
+
+def _sweep(oracle: float, n: int = 21) -> list[dict[str, float | None]]:
+    """Held-out sweep: consistency = 1 - (s / s_max)^3 * 0.3 for savings s in [0, s_max]."""
+    s_max = min(0.95, oracle * 1.6 + 0.05)
+    points = []
+    for k in range(n):
+        s = s_max * (1 - k / (n - 1))  # thresholds ascending -> savings descending
+        c = 1 - 0.3 * (s / s_max) ** 3
+        points.append(
+            {
+                "threshold": None if k == n - 1 else 0.05 * k,
+                "savings": s,
+                "consistency": c,
+                "accuracy": 0.3 * c,
+                "net_flop_savings": 0.9 * s,
+            }
+        )
+    return points
+
+
+def _at_consistency(sweep: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    ok = [p for p in sweep if p["consistency"] >= target]
+    return max(ok, key=lambda p: p["savings"])
+
+
+def _agreement(layers: np.ndarray, num_layers: int, oracle: float) -> np.ndarray:
+    """A sigmoid in layer / L that reaches 1 at layer L; later rise for smaller savings."""
+    x = layers / num_layers
+    mid = 1 - oracle - 0.1
+    curve = 1 / (1 + np.exp(-(x - mid) * 12))
+    curve = curve / curve[-1]
+    curve[-1] = 1.0
+    return np.clip(curve, 0, 1)
+
+
+def fake_score(
+    model: str, workload: str, num_layers: int, oracle: float, has_embeddings: bool = True
+) -> tuple[pa.Table, dict[str, Any]]:
+    """A scores table and a headline JSON (valid against the score schema) for one pair."""
+    layers = np.arange(0 if has_embeddings else 1, num_layers + 1)
+    agreement = _agreement(layers, num_layers, oracle)
+    exit_layers = np.arange(1, num_layers + 1)
+    weights = np.exp(-((exit_layers / num_layers - (1 - oracle)) ** 2) / 0.02)
+    weights[-1] += weights.sum() * 0.3
+    n_tokens = 4096
+    counts = np.floor(weights / weights.sum() * n_tokens).astype(np.int64)
+    counts[-1] += n_tokens - counts.sum()
+    n = layers.size
+    sat = np.zeros(n, dtype=np.int64)
+    sat[n - num_layers :] = counts
+    columns: dict[str, Any] = {
+        "model": [model] * n,
+        "workload": [workload] * n,
+        "layer": pa.array(layers, pa.int16()),
+        "layer_fraction": layers / num_layers,
+        "n_tokens": [n_tokens] * n,
+        "n_gold_tokens": [n_tokens - 16] * n,
+        "agreement": agreement,
+        "agreement_ci_low": np.clip(agreement - 0.03, 0, 1),
+        "agreement_ci_high": np.clip(agreement + 0.03, 0, 1),
+    }
+    for name, values in [
+        ("accuracy", 0.35 * agreement),
+        ("maxprob_mean", 0.2 + 0.5 * agreement),
+        ("margin_mean", 0.4 * agreement),
+        ("entropy_nats_mean", 5 - 3 * agreement),
+        ("kl_to_final_mean", 4 * (1 - agreement)),
+        ("cos_prev_mean", 0.5 + 0.4 * agreement),
+    ]:
+        columns[name] = values
+        columns[f"{name}_ci_low"] = values - 0.01
+        columns[f"{name}_ci_high"] = values + 0.01
+    columns["saturation_count"] = sat
+    columns["first_agreement_count"] = sat
+    table = pa.table(columns)
+
+    sweep = _sweep(oracle)
+    at99, at95 = _at_consistency(sweep, 0.99), _at_consistency(sweep, 0.95)
+    policy = {
+        key: {
+            "threshold": point["threshold"],
+            "calibration": {k: point[k] for k in ("savings", "consistency", "accuracy")},
+            **{k: _ci(point[k], 0.01) for k in ("savings", "consistency", "accuracy")},
+            "net_flop_savings": _ci(point["net_flop_savings"], 0.01),
+        }
+        for key, point in [("0.99", at99), ("0.95", at95)]
+    }
+    mean_sat = float((exit_layers * counts).sum() / n_tokens)
+    headline = {
+        "oracle_savings": _ci(oracle),
+        "savings_at_99": _ci(at99["savings"]),
+        "savings_at_95": _ci(at95["savings"]),
+        "consistency_savings_auc": _ci(0.8 * oracle + 0.1),
+        "oracle_net_flop_savings": _ci(0.9 * oracle),
+        "net_flop_savings_at_99": _ci(at99["net_flop_savings"]),
+        "net_flop_savings_at_95": _ci(at95["net_flop_savings"]),
+        "mean_saturation_layer": _ci(mean_sat, 0.5),
+        "mean_first_agreement_layer": _ci(mean_sat - 0.5, 0.5),
+        "final_accuracy": _ci(0.35),
+    }
+    summary = {
+        "model": model,
+        "workload": workload,
+        "num_layers": num_layers,
+        "layers": layers.tolist(),
+        "n_tokens": n_tokens,
+        "n_gold_tokens": n_tokens - 16,
+        "n_documents": 40,
+        "n_calibration_documents": 20,
+        "n_heldout_documents": 20,
+        "headline": headline,
+        "best_measure": {"0.99": "maxprob", "0.95": "margin", "auc": "maxprob"},
+        "policies": {m: policy for m in MEASURES},
+        "auc": {
+            m: {"heldout": headline["consistency_savings_auc"], "calibration": 0.5}
+            for m in MEASURES
+        },
+        "sweeps": {m: sweep for m in MEASURES},
+        "measures": dict.fromkeys(MEASURES, "exit rule"),
+        "distributions": {
+            "layers": exit_layers.tolist(),
+            "saturation_count": counts.tolist(),
+            "first_agreement_count": counts.tolist(),
+        },
+        "flops": {"per_layer": [1e6] * num_layers, "head": 2e5, "full": 1e6 * num_layers + 2e5},
+        "params": {
+            "bootstrap": 100,
+            "calibration_fraction": 0.5,
+            "consistency_targets": [0.99, 0.95],
+            "thresholds": 21,
+            "patience": 2,
+            "seed": 0,
+            "seq_len": 128,
+        },
+        "provenance": {},
+    }
+    return table, summary
+
+
+def write_fake_study(
+    root: Path,
+    models: dict[str, tuple[dict[str, Any], int, float]] | None = None,
+    workloads: tuple[str, ...] = WORKLOADS,
+    failed: tuple[tuple[str, str], ...] = FAILED,
+) -> FakeStudy:
+    """Write results/{scores,models}/ of a synthetic study under ``root``."""
+    models = FAKE_MODELS if models is None else models
+    study = FakeStudy({}, {}, {}, {}, root, list(failed))
+    for name, (entry, num_layers, oracle) in models.items():
+        study.models[name] = dict(entry)
+        info = root / "results" / "models" / f"{name}.json"
+        write_json(
+            {
+                "name": name,
+                "model_type": "mamba2" if entry.get("arch") == "ssm" else "llama",
+                "num_layers": num_layers,
+                "hidden_size": 64,
+                "vocab_size": 384,
+            },
+            info,
+        )
+        study.model_infos[name] = info
+        for workload in workloads:
+            json_path = root / "results" / "scores" / name / f"{workload}.json"
+            curves_path = json_path.with_suffix(".parquet")
+            study.score_jsons[(name, workload)] = json_path
+            study.curves[(name, workload)] = curves_path
+            if (name, workload) in failed:
+                continue
+            table, summary = fake_score(
+                name,
+                workload,
+                num_layers,
+                oracle + WORKLOAD_SHIFT.get(workload, 0.0),
+                has_embeddings=entry.get("arch") != "ssm",
+            )
+            write_table(table, curves_path, "scores")
+            write_json(summary, json_path)
+    return study
+
+
+@pytest.fixture
+def fake_study(tmp_path: Path) -> FakeStudy:
+    return write_fake_study(tmp_path)
+
+
+def _fake_summary(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A summary frame from partial rows (other columns null), through the schema's dtypes."""
+    base = {"status": "ok", "workload": "w"}
+    return aggregate._typed(pd.DataFrame([{**base, **row} for row in rows]))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def test_fake_score_json_matches_headline_schema():
+    from exitbench.score import validate_headline
+
+    _, summary = fake_score("m", "w", 6, 0.3)
+    validate_headline(summary)
+
+
+def test_summary_rows_columns_and_values(fake_study: FakeStudy, tmp_path: Path):
+    summary = aggregate.build_summary(
+        fake_study.score_jsons, fake_study.models, fake_study.model_infos
+    )
+    assert len(summary) == len(FAKE_MODELS) * len(WORKLOADS)
+    assert list(summary[["model", "workload"]].itertuples(index=False, name=None)) == list(
+        fake_study.score_jsons
+    )
+    for metric in aggregate.HEADLINE_METRICS:
+        assert {metric, f"{metric}_ci_low", f"{metric}_ci_high"} <= set(summary.columns)
+    row = summary.set_index(["model", "workload"]).loc[("llama-7b", "docs")]
+    assert row["status"] == "ok" and pd.isna(row["error"])
+    assert row["oracle_savings"] == pytest.approx(0.30)
+    assert row["oracle_savings_ci_low"] == pytest.approx(0.28)
+    assert row["oracle_savings_ci_high"] == pytest.approx(0.33)
+    assert row["release"] == "2023-07-18"
+    assert row["release_year"] == pytest.approx(2023 + 198 / 365)
+    assert row["num_layers"] == 32 and row["n_tokens"] == 4096 and row["n_documents"] == 40
+    assert row["family"] == "Llama" and row["arch"] == "dense" and row["tuning"] == "base"
+    assert row["path"] == "zoo/llama" and pd.isna(row["hf_id"])
+    assert row["model_type"] == "llama" and row["vocab_size"] == 384
+    assert row["best_measure_99"] == "maxprob" and row["best_measure_95"] == "margin"
+    assert row["flops_per_token"] == pytest.approx(32e6 + 2e5)
+    chat = summary.set_index(["model", "workload"]).loc[("llama-7b-chat", "code")]
+    assert chat["base_model"] == "llama-7b" and chat["tuning"] == "tuned"
+    assert chat["oracle_savings"] == pytest.approx(0.31)
+    step = summary.set_index(["model", "workload"]).loc[("pythia-step1000", "docs")]
+    assert step["training_step"] == 1000 and step["checkpoint_of"] == "pythia-160m"
+    assert step["revision"] == "step1000"
+    # the registry's "?" is never presented as a fact
+    jamba = summary.set_index(["model", "workload"]).loc[("jamba", "docs")]
+    assert pd.isna(jamba["release"]) and pd.isna(jamba["release_year"])
+    assert pd.isna(jamba["tuning"]) and jamba["active_params"] == 12e9
+
+    aggregate.write_summary(summary, tmp_path / "s.parquet", tmp_path / "s.csv")
+    back = read_table(tmp_path / "s.parquet", "summary").to_pandas()
+    assert list(back.columns) == list(summary.columns)
+    assert back["oracle_savings"].tolist() == pytest.approx(
+        summary["oracle_savings"].tolist(), nan_ok=True
+    )
+    csv = pd.read_csv(tmp_path / "s.csv")
+    assert list(csv.columns) == list(summary.columns) and len(csv) == len(summary)
+
+
+def test_failed_pairs_are_listed_as_failed(fake_study: FakeStudy):
+    marked = fake_study.score_jsons[("gpt2-xl", "code")]
+    marked.write_text(json.dumps({"status": "failed", "error": "CUDA out of memory"}))
+    fake_study.score_jsons[("jamba", "code")].write_text("{ truncated")
+    summary = aggregate.build_summary(
+        fake_study.score_jsons, fake_study.models, fake_study.model_infos
+    )
+    failed = summary[summary["status"] == "failed"].set_index(["model", "workload"])
+    assert set(failed.index) == {("mamba", "code"), ("gpt2-xl", "code"), ("jamba", "code")}
+    assert failed.loc[("gpt2-xl", "code"), "error"] == "CUDA out of memory"
+    assert "missing" in failed.loc[("mamba", "code"), "error"]
+    assert "unreadable" in failed.loc[("jamba", "code"), "error"]
+    for metric in aggregate.HEADLINE_METRICS:
+        assert failed[metric].isna().all()
+    # metadata and the model description still fill a failed row
+    assert failed.loc[("mamba", "code"), "arch"] == "ssm"
+    assert failed.loc[("mamba", "code"), "num_layers"] == 64
+    # statistics skip failed rows instead of failing
+    stats = aggregate.claim_statistics(summary, n_boot=200)
+    code = stats[(stats["workload"] == "code") & (stats["analysis"] == "class_mean")]
+    assert "mamba" not in ";".join(code["models"].dropna())
+
+
+def test_unknown_model_names_the_config_key(fake_study: FakeStudy):
+    models = dict(fake_study.models)
+    del models["mamba"]
+    with pytest.raises(aggregate.AggregateError, match="mamba.*models:"):
+        aggregate.build_summary(fake_study.score_jsons, models)
+
+
+def test_decimal_year():
+    assert aggregate.decimal_year("2019-02") == pytest.approx(2019 + 31 / 365)
+    assert aggregate.decimal_year("2024-12-31") == pytest.approx(2024 + 365 / 366)
+    assert aggregate.decimal_year("2020-01") == 2020.0
+    assert aggregate.decimal_year(None) is None
+    assert aggregate.decimal_year("?") is None
+    assert aggregate.decimal_year("2020-13") is None
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_perfect_linear_trend_is_exact():
+    years = [2019.0, 2020.5, 2022.0, 2023.0, 2024.25]
+    rows = [
+        {
+            "model": f"m{i}",
+            "release_year": y,
+            "oracle_savings": 0.5 - 0.04 * (y - 2019),
+            "total_params": 10.0 ** (8 + i),
+            "savings_at_99": 0.1 + 0.02 * i,
+            "family": "F",
+            "arch": "dense",
+        }
+        for i, y in enumerate(years)
+    ]
+    stats = aggregate.claim_statistics(_fake_summary(rows), n_boot=100)
+    trend = stats.set_index(["analysis", "metric", "group"])
+    row = trend.loc[("release_trend", "oracle_savings", "all")]
+    assert row["n"] == 5
+    assert row["estimate"] == pytest.approx(-0.04, abs=1e-12)
+    assert row["ci_low"] == pytest.approx(-0.04, abs=1e-9)
+    assert row["ci_high"] == pytest.approx(-0.04, abs=1e-9)
+    assert row["intercept"] == pytest.approx(0.5 + 0.04 * 2019, abs=1e-9)
+    assert row["spearman_rho"] == pytest.approx(-1.0)
+    assert row["unit"] == "per year"
+    family = trend.loc[("release_trend", "oracle_savings", "family=F")]
+    assert family["estimate"] == pytest.approx(-0.04, abs=1e-12)
+    params = trend.loc[("params_trend", "savings_at_99", "all")]
+    assert params["estimate"] == pytest.approx(0.02, abs=1e-12)
+    assert params["spearman_rho"] == pytest.approx(1.0)
+
+
+def test_linear_trend_ci_matches_t_formula():
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    y = np.array([0.0, 1.2, 1.9, 3.1, 4.0])
+    result = aggregate.linear_trend(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (intercept + slope * x)
+    se = math.sqrt((residuals**2).sum() / 3 / ((x - x.mean()) ** 2).sum())
+    assert result["estimate"] == pytest.approx(slope)
+    assert result["ci_high"] - result["estimate"] == pytest.approx(3.182446305 * se, rel=1e-6)
+    assert result["spearman_rho"] == pytest.approx(1.0)
+
+
+def test_small_n_rows_say_so_instead_of_failing():
+    rows = [
+        {"model": "a", "release_year": 2020.0, "oracle_savings": 0.3, "arch": "dense"},
+        {"model": "b", "release_year": 2021.0, "oracle_savings": 0.2, "arch": "moe"},
+    ]
+    stats = aggregate.claim_statistics(_fake_summary(rows), n_boot=100)
+    trend = stats[(stats["analysis"] == "release_trend") & (stats["metric"] == "oracle_savings")]
+    assert trend["n"].tolist() == [2]
+    assert trend["estimate"].isna().all() and "n=2 < 3" in trend["note"].iloc[0]
+    mean = stats[(stats["analysis"] == "class_mean") & (stats["metric"] == "oracle_savings")]
+    assert mean.set_index("group")["estimate"].to_dict() == {"dense": 0.3, "moe": 0.2}
+    assert mean["note"].str.contains("no CI").all()
+    paired = stats[(stats["analysis"] == "base_vs_tuned") & (stats["metric"] == "oracle_savings")]
+    assert paired["n"].tolist() == [0] and "pairs" in paired["note"].iloc[0]
+    # a single-model study and one without any metadata still give rows
+    single = aggregate.claim_statistics(_fake_summary([{"model": "x", "oracle_savings": 0.1}]))
+    assert len(single) and (single["n"].fillna(0) <= 1).all()
+
+
+def test_paired_differences_by_hand():
+    rows = [
+        {
+            "model": "b1",
+            "tuning": "base",
+            "oracle_savings": 0.30,
+            "arch": "dense",
+            "oracle_savings_ci_low": 0.28,
+            "oracle_savings_ci_high": 0.33,
+        },
+        {
+            "model": "t1",
+            "tuning": "tuned",
+            "base_model": "b1",
+            "oracle_savings": 0.25,
+            "arch": "dense",
+            "oracle_savings_ci_low": 0.22,
+            "oracle_savings_ci_high": 0.26,
+        },
+        {"model": "b2", "tuning": "base", "oracle_savings": 0.40, "arch": "dense"},
+        {
+            "model": "t2",
+            "tuning": "tuned",
+            "base_model": "b2",
+            "oracle_savings": 0.38,
+            "arch": "dense",
+        },
+        {"model": "b3", "tuning": "base", "oracle_savings": 0.10, "arch": "dense"},
+        {
+            "model": "t3",
+            "tuning": "tuned",
+            "base_model": "b3",
+            "oracle_savings": 0.02,
+            "arch": "dense",
+        },
+        # a tuned model whose base is not in the study is an ordinary model
+        {
+            "model": "t4",
+            "tuning": "tuned",
+            "base_model": "elsewhere",
+            "oracle_savings": 0.5,
+            "arch": "dense",
+        },
+    ]
+    stats = aggregate.claim_statistics(_fake_summary(rows), n_boot=100)
+    os_ = stats[stats["metric"] == "oracle_savings"].set_index(["analysis", "group"])
+    diffs = np.array([-0.05, -0.02, -0.08])
+    pair = os_.loc[("base_vs_tuned_pair", "t1 - b1")]
+    assert pair["estimate"] == pytest.approx(-0.05)
+    # low: d - hypot(t - t_low, b_high - b); high: d + hypot(t_high - t, b - b_low)
+    assert pair["ci_low"] == pytest.approx(-0.05 - math.hypot(0.03, 0.03))
+    assert pair["ci_high"] == pytest.approx(-0.05 + math.hypot(0.01, 0.02))
+    assert os_.loc[("base_vs_tuned_pair", "t3 - b3"), "estimate"] == pytest.approx(-0.08)
+    mean = os_.loc[("base_vs_tuned", "all")]
+    half = 4.302652730 * diffs.std(ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+    assert mean["n"] == 3 and mean["estimate"] == pytest.approx(diffs.mean())
+    assert mean["ci_low"] == pytest.approx(diffs.mean() - half, rel=1e-6)
+    assert mean["ci_high"] == pytest.approx(diffs.mean() + half, rel=1e-6)
+    # cross-model analyses count tuned models with a base in the study once (as the base)
+    dense = os_.loc[("class_mean", "dense")]
+    assert dense["n"] == 4 and set(dense["models"].split(";")) == {"b1", "b2", "b3", "t4"}
+
+
+def test_class_comparison_and_checkpoints(fake_study: FakeStudy):
+    summary = aggregate.build_summary(fake_study.score_jsons, fake_study.models)
+    stats = aggregate.claim_statistics(summary, n_boot=500, seed=3)
+    docs = stats[(stats["workload"] == "docs") & (stats["metric"] == "oracle_savings")]
+    by = docs.set_index(["analysis", "group"])
+    dense = by.loc[("class_mean", "dense")]
+    # dense independent models: gpt2-small, gpt2-xl, llama-7b, llama-8b, latest pythia checkpoint
+    assert set(dense["models"].split(";")) == {
+        "gpt2-small",
+        "gpt2-xl",
+        "llama-7b",
+        "llama-8b",
+        "pythia-step143000",
+    }
+    assert dense["estimate"] == pytest.approx(np.mean([0.40, 0.37, 0.30, 0.25, 0.35]))
+    assert dense["ci_low"] < dense["estimate"] < dense["ci_high"]
+    assert by.loc[("class_mean", "moe"), "note"] == "n=1 model: no CI"
+    assert ("class_difference", "moe - dense") in by.index
+    assert by.loc[("class_difference", "moe - dense"), "estimate"] == pytest.approx(
+        0.28 - dense["estimate"]
+    )
+    run = by.loc[("checkpoint_trend", "pythia-160m")]
+    assert run["n"] == 4 and run["spearman_rho"] == pytest.approx(1.0)
+    x = np.log10(1 + np.array([0, 1000, 10000, 143000]))
+    assert run["estimate"] == pytest.approx(np.polyfit(x, [0.05, 0.20, 0.30, 0.35], 1)[0])
+    # release trend excludes jamba (release "?") and the intermediate checkpoints
+    trend = by.loc[("release_trend", "all")]
+    assert trend["n"] == 7 and "jamba" not in trend["models"]
+    assert trend["estimate"] < 0
+    family = by.loc[("release_trend", "family=GPT-2")]
+    assert family["n"] == 2 and "not estimated" in family["note"]
+    # deterministic, seeded
+    again = aggregate.claim_statistics(summary, n_boot=500, seed=3)
+    pd.testing.assert_frame_equal(stats, again)
+
+
+def test_aggregate_files_writes_all_outputs(fake_study: FakeStudy, tmp_path: Path):
+    out = tmp_path / "out"
+    paths = [out / "summary.parquet", out / "summary.csv", out / "stats.csv", out / "stats.json"]
+    aggregate.aggregate_files(
+        fake_study.score_jsons,
+        fake_study.models,
+        fake_study.model_infos,
+        *paths,
+        seed=1,
+        n_boot=200,
+    )
+    assert all(p.exists() for p in paths)
+    data = json.loads(paths[3].read_text())
+    assert data["params"]["seed"] == 1 and len(data["rows"]) == len(pd.read_csv(paths[2]))
+    assert set(data["rows"][0]) == set(aggregate.STATISTICS_COLUMNS)
+    first = [p.read_bytes() for p in paths[:3]]
+    aggregate.aggregate_files(
+        fake_study.score_jsons,
+        fake_study.models,
+        fake_study.model_infos,
+        *paths,
+        seed=1,
+        n_boot=200,
+    )
+    assert [p.read_bytes() for p in paths[:3]] == first

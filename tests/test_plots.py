@@ -1,0 +1,194 @@
+"""Figures: every figure renders for a full synthetic study and for degenerate ones,
+byte-identically across renders; report captions are valid reStructuredText."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import re
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgb
+from test_aggregate import FAKE_MODELS, write_fake_study
+
+from exitbench import aggregate, plots
+from exitbench.tables import read_table
+
+REPO = Path(__file__).resolve().parent.parent
+REPORT = REPO / "workflow" / "report"
+STEMS = list(plots.FIGURES)
+#: (width, height) in pixels of the one-panel "nothing to show" figure (4.5 x 2.0 in at 150 dpi).
+MESSAGE_SIZE = (675, 300)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def render_study(root: Path, **study_kwargs) -> tuple[Path, list[Path]]:
+    """Write a fake study, aggregate it and render every figure through the file entry point."""
+    study = write_fake_study(root, **study_kwargs)
+    results = root / "results"
+    aggregate.aggregate_files(
+        study.score_jsons,
+        study.models,
+        study.model_infos,
+        results / "summary.parquet",
+        results / "summary.csv",
+        results / "statistics.csv",
+        results / "statistics.json",
+        n_boot=200,
+    )
+    out = root / "figures"
+    paths = plots.figures_from_files(
+        results / "summary.parquet",
+        study.curves.values(),
+        study.score_jsons.values(),
+        results / "statistics.json",
+        out,
+    )
+    return out, paths
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> tuple[Path, list[Path]]:
+    return render_study(tmp_path_factory.mktemp("full"))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> tuple[Path, list[Path]]:
+    models = {"gpt2-small": FAKE_MODELS["gpt2-small"]}
+    return render_study(
+        tmp_path_factory.mktemp("single"), models=models, workloads=("docs",), failed=()
+    )
+
+
+def check_files(out: Path, stem: str) -> None:
+    pdf, png = out / f"{stem}.pdf", out / f"{stem}.png"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    width, height = png_size(png)
+    assert width > 100 and height > 100 and png.stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_figure_renders_for_full_study(full, stem):
+    out, paths = full
+    assert {out / f"{stem}.pdf", out / f"{stem}.png"} <= set(paths)
+    check_files(out, stem)
+    assert png_size(out / f"{stem}.png") != MESSAGE_SIZE, f"{stem} shows only a message"
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_figure_renders_for_single_model_study(single, stem):
+    out, _ = single
+    check_files(out, stem)
+    # nothing to pair or to follow over training: a message instead of a failure
+    shows_message = png_size(out / f"{stem}.png") == MESSAGE_SIZE
+    assert shows_message == (stem in {"base_vs_tuned", "checkpoints"})
+
+
+def test_figures_render_without_metadata(tmp_path):
+    """No dates, classes, sizes or FLOP models: every figure still renders."""
+    bare = {
+        name: ({}, layers, savings) for name, (_, layers, savings) in list(FAKE_MODELS.items())[:3]
+    }
+    study = write_fake_study(tmp_path, models=bare, workloads=("docs",), failed=())
+    summary = aggregate.build_summary(study.score_jsons, study.models)
+    summary["net_flop_savings_at_99"] = float("nan")
+    headlines = {key: json.loads(path.read_text()) for key, path in study.score_jsons.items()}
+    curves = pd.concat([read_table(p, "scores").to_pandas() for p in study.curves.values()])
+    data = plots.Study(summary, curves, headlines)
+    for stem in STEMS:
+        paths = plots.FIGURES[stem](data, tmp_path / "figures")
+        assert [p.name for p in paths] == [f"{stem}.pdf", f"{stem}.png"]
+        check_files(tmp_path / "figures", stem)
+
+
+def test_figures_are_byte_identical_across_renders(tmp_path):
+    """Two renders of every figure (a smaller study with a pair and a run) are byte-identical."""
+    names = [
+        "gpt2-small",
+        "llama-7b",
+        "llama-7b-chat",
+        "mixtral",
+        "mamba",
+        "pythia-step0",
+        "pythia-step143000",
+    ]
+    models = {name: FAKE_MODELS[name] for name in names}
+    out, first = render_study(tmp_path / "a", models=models, workloads=("docs",), failed=())
+    root = out.parent
+    again = plots.figures_from_files(
+        root / "results" / "summary.parquet",
+        sorted((root / "results" / "scores").rglob("*.parquet")),
+        sorted((root / "results" / "scores").rglob("*.json")),
+        root / "results" / "statistics.json",
+        tmp_path / "b",
+    )
+    assert [p.name for p in again] == [p.name for p in first]
+    assert len(again) == 2 * len(STEMS)
+    for path in again:
+        assert filecmp.cmp(path, out / path.name, shallow=False), f"{path.name} differs"
+
+
+def test_model_colors_follow_the_class_palette():
+    summary = aggregate._typed(
+        pd.DataFrame(
+            [
+                {"model": "a", "workload": "w", "status": "ok", "arch": "dense"},
+                {"model": "b", "workload": "w", "status": "ok", "arch": "dense"},
+                {"model": "c", "workload": "w", "status": "ok", "arch": "moe"},
+                {"model": "d", "workload": "w", "status": "ok"},
+            ]
+        )
+    )
+    colors = plots.model_colors(summary)
+    assert colors["a"] != colors["b"]
+    assert colors["c"] == pytest.approx(to_rgb(plots.ARCH_COLORS["moe"]))
+    assert colors["d"] == pytest.approx(to_rgb(plots.UNKNOWN_COLOR))
+
+
+def test_unknown_stem_names_the_known_ones(full):
+    out, _ = full
+    with pytest.raises(ValueError, match="agreement_curves"):
+        plots.render_all(None, out, ["nope"])
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_every_figure_has_a_caption_and_a_report_entry():
+    rules = (REPO / "workflow" / "rules" / "figures.smk").read_text()
+    for stem in STEMS:
+        assert (REPORT / f"{stem}.rst").exists(), stem
+        assert re.search(
+            rf'{stem}=report\(\s*"figures/{stem}\.png",\s*caption="\.\./report/{stem}\.rst"',
+            rules,
+        ), f"figures.smk: no report() output for {stem}"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in REPORT.glob("*.rst")))
+def test_captions_render_as_restructuredtext(name):
+    """Each caption is a Jinja template (as Snakemake renders it) giving warning-free RST."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    class Snakemake:
+        config = {
+            "models": {"a": {}, "b": {}},
+            "workloads": {"docs": {}, "code": {}},
+            "tokenize": {"seq_len": 256},
+        }
+
+    text = jinja2.Template((REPORT / name).read_text(), undefined=jinja2.StrictUndefined)
+    rst = text.render(snakemake=Snakemake)
+    html = publish_parts(
+        rst, writer="html", settings_overrides={"halt_level": 2, "report_level": 2}
+    )["body"]
+    assert len(html) > 200
+    assert "{{" not in rst

@@ -1,0 +1,740 @@
+"""Aggregate stage: per-pair score JSONs -> one study table and the claim statistics.
+
+``build_summary`` joins every (model, workload) pair's headline numbers
+(``results/scores/{model}/{workload}.json``) with the model's metadata (config
+``models:`` entry, filled from the registry) and architecture facts
+(``results/models/{model}.json``) into one row per pair (schema ``summary``).
+A pair whose score JSON is absent, unreadable or marked ``"status": "failed"``
+is kept as a ``failed`` row with null metrics, so a ``--keep-going`` run still
+lists the models that failed.
+
+``claim_statistics`` tests the study's claims per workload and headline metric:
+
+* ``release_trend``: OLS slope of the metric per year of release date,
+  y = a + b * release_year, with the t-based 95% CI b +- t_{0.975, n-2} * se(b),
+  and Spearman's rho with its p-value; over all models and within each family.
+* ``params_trend``: the same against log10(total_params) (slope per decade).
+* ``class_mean`` / ``class_difference``: mean of the metric per architecture
+  class (dense, moe, ssm, hybrid) with a 95% percentile bootstrap CI over
+  models, and the difference of every two class means (bootstrap resampling
+  models within each class; Welch's t-test p-value).
+* ``base_vs_tuned_pair`` / ``base_vs_tuned``: d = tuned - base for each tuned
+  model whose ``base_model`` is in the study, and the mean paired difference
+  with its t-based CI (mean +- t_{0.975, n-1} * sd / sqrt(n)) and paired t-test.
+* ``checkpoint_trend``: per training run (``checkpoint_of``), slope of the
+  metric per log10(1 + training_step) and Spearman's rho.
+
+Cross-model analyses (trends, classes) count each independent model once:
+intermediate checkpoints are left out (a run is represented by the model named
+like the run, else by its latest checkpoint), and so are tuned models whose
+base is in the study (they enter the paired comparison). Every row lists the
+models it used; rows with too few models carry ``n`` and a ``note`` instead of
+numbers. Bootstrap draws are seeded per row, so results do not depend on the
+order of the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+import math
+import warnings
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy import stats
+
+from .provenance import package_versions, write_json
+from .tables import load_schema, write_table
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCH_CLASSES",
+    "HEADLINE_METRICS",
+    "METADATA_KEYS",
+    "STATISTICS_COLUMNS",
+    "STAT_METRICS",
+    "AggregateError",
+    "aggregate_files",
+    "build_summary",
+    "checkpoint_runs",
+    "claim_statistics",
+    "decimal_year",
+    "independent_models",
+    "linear_trend",
+    "tuned_pairs",
+    "write_statistics",
+    "write_summary",
+]
+
+#: Headline numbers of the score JSON copied into the summary (each with _ci_low/_ci_high).
+HEADLINE_METRICS: tuple[str, ...] = (
+    "oracle_savings",
+    "savings_at_99",
+    "savings_at_95",
+    "consistency_savings_auc",
+    "oracle_net_flop_savings",
+    "net_flop_savings_at_99",
+    "net_flop_savings_at_95",
+    "mean_saturation_layer",
+    "mean_first_agreement_layer",
+    "final_accuracy",
+)
+#: Headline metrics whose trends and comparisons ``claim_statistics`` reports.
+STAT_METRICS: tuple[str, ...] = (
+    "oracle_savings",
+    "savings_at_99",
+    "savings_at_95",
+    "consistency_savings_auc",
+    "oracle_net_flop_savings",
+    "net_flop_savings_at_99",
+)
+#: Architecture classes in display order (config ``models.<name>.arch``).
+ARCH_CLASSES: tuple[str, ...] = ("dense", "moe", "ssm", "hybrid")
+#: Model metadata keys copied from the config entry into the summary.
+METADATA_KEYS: tuple[str, ...] = (
+    "family",
+    "generation",
+    "release",
+    "arch",
+    "total_params",
+    "active_params",
+    "tuning",
+    "base_model",
+    "training_step",
+    "checkpoint_of",
+    "gated",
+    "hf_id",
+    "path",
+    "revision",
+    "dtype",
+)
+_INFO_KEYS = ("model_type", "hidden_size", "vocab_size")
+_COUNT_KEYS = (
+    "n_tokens",
+    "n_gold_tokens",
+    "n_documents",
+    "n_calibration_documents",
+    "n_heldout_documents",
+)
+_BEST_MEASURES = {"best_measure_99": "0.99", "best_measure_95": "0.95", "best_measure_auc": "auc"}
+#: Columns of ``results/statistics.csv`` in order.
+STATISTICS_COLUMNS: tuple[str, ...] = (
+    "analysis",
+    "workload",
+    "metric",
+    "group",
+    "x",
+    "unit",
+    "n",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "intercept",
+    "p_value",
+    "spearman_rho",
+    "spearman_p",
+    "method",
+    "models",
+    "note",
+)
+MIN_TREND_MODELS = 3
+
+
+class AggregateError(ValueError):
+    """Inputs of the aggregate stage are inconsistent (names the file or key to fix)."""
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _known(value: Any) -> Any:
+    """``value``, or None where it is unknown (missing, NaN, or a registry ``?`` marker)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str) and (not value.strip() or "?" in value):
+        return None
+    return value
+
+
+def decimal_year(release: str | None) -> float | None:
+    """``"YYYY-MM[-DD]"`` -> year + (day of year - 1) / days in year (day 1 when absent).
+
+    ``"2019-02"`` -> 2019 + 31/365 = 2019.0849. Unknown or malformed -> None.
+    """
+    release = _known(release)
+    if release is None:
+        return None
+    parts = str(release).strip().split("-")
+    try:
+        year, month = int(parts[0]), int(parts[1])
+        day = int(parts[2]) if len(parts) > 2 else 1
+        date = dt.date(year, month, day)
+    except (ValueError, IndexError):
+        log.warning("release %r is not YYYY-MM[-DD]; its release_year is null", release)
+        return None
+    start = dt.date(year, 1, 1)
+    days = (dt.date(year + 1, 1, 1) - start).days
+    return year + (date - start).days / days
+
+
+def _read_score_json(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(summary, None) for a usable score JSON, else (None, why it failed)."""
+    if path is None or not Path(path).exists():
+        return None, f"score JSON {path} is missing (its score job failed or did not run)"
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return None, f"score JSON {path} is unreadable ({err}); rerun its score job"
+    if not isinstance(data, dict):
+        return None, f"score JSON {path} is not an object"
+    if data.get("status", "ok") != "ok":
+        return None, str(data.get("error") or f"score JSON {path} is marked {data['status']!r}")
+    if not isinstance(data.get("headline"), dict):
+        return None, f"score JSON {path} has no 'headline' object"
+    return data, None
+
+
+def _model_info(model_infos: Mapping[str, str | Path] | None, model: str) -> dict[str, Any]:
+    if not model_infos or model not in model_infos:
+        return {}
+    path = Path(model_infos[model])
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("model description %s is unreadable (%s); its facts are null", path, err)
+        return {}
+
+
+def _headline_value(headline: Mapping[str, Any], name: str) -> tuple[Any, Any, Any]:
+    entry = headline.get(name)
+    if not isinstance(entry, Mapping):
+        return None, None, None
+    return (_known(entry.get(key)) for key in ("estimate", "ci_low", "ci_high"))
+
+
+def build_summary(
+    score_jsons: Mapping[tuple[str, str], str | Path | None],
+    models: Mapping[str, Mapping[str, Any]],
+    model_infos: Mapping[str, str | Path] | None = None,
+) -> pd.DataFrame:
+    """One row per (model, workload) pair of ``score_jsons``, in its order.
+
+    ``models`` is the config's ``models:`` section (metadata filled from the
+    registry; unknown values null or ``?``, which become null here),
+    ``model_infos`` maps model -> ``results/models/{model}.json``. A pair whose
+    JSON is absent, unreadable or has ``"status": "failed"`` gets
+    ``status = "failed"``, the reason in ``error`` and null metrics.
+    ``release_year`` is :func:`decimal_year` of ``release``.
+    """
+    rows = []
+    for (model, workload), path in score_jsons.items():
+        if model not in models:
+            raise AggregateError(
+                f"score JSON {path} is for model {model!r}, which is not a key of the "
+                f"config's models: section (known: {sorted(models)})"
+            )
+        entry = models[model]
+        info = _model_info(model_infos, model)
+        data, error = _read_score_json(Path(path) if path is not None else None)
+        if error is not None:
+            log.warning("%s / %s failed: %s", model, workload, error)
+        row: dict[str, Any] = {
+            "model": model,
+            "workload": workload,
+            "status": "ok" if data is not None else "failed",
+            "error": error,
+        }
+        for key in METADATA_KEYS:
+            row[key] = _known(entry.get(key))
+        row["release_year"] = decimal_year(row["release"])
+        for key in _INFO_KEYS:
+            row[key] = _known(info.get(key)) or None
+        data = data or {}
+        row["num_layers"] = data.get("num_layers", info.get("num_layers"))
+        for key in _COUNT_KEYS:
+            row[key] = data.get(key)
+        headline = data.get("headline", {})
+        for name in HEADLINE_METRICS:
+            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _headline_value(
+                headline, name
+            )
+        best = data.get("best_measure", {})
+        for column, key in _BEST_MEASURES.items():
+            row[column] = best.get(key)
+        flops = data.get("flops")
+        row["flops_per_token"] = flops.get("full") if isinstance(flops, Mapping) else None
+        rows.append(row)
+    if not rows:
+        raise AggregateError("no (model, workload) pairs to aggregate: the config lists none")
+    return _typed(pd.DataFrame(rows))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in schema order with pandas dtypes that round-trip through the schema."""
+    schema = load_schema("summary")
+    out = {}
+    for field in schema:
+        column = frame[field.name] if field.name in frame else pd.Series([None] * len(frame))
+        if pa.types.is_integer(field.type):
+            out[field.name] = pd.array(
+                [None if _known(v) is None else int(v) for v in column], dtype="Int64"
+            )
+        elif pa.types.is_floating(field.type):
+            out[field.name] = pd.to_numeric(column, errors="coerce").astype("float64")
+        elif pa.types.is_boolean(field.type):
+            out[field.name] = pd.array(
+                [None if _known(v) is None else bool(v) for v in column], dtype="boolean"
+            )
+        else:
+            out[field.name] = pd.array(
+                [None if _known(v) is None else str(v) for v in column], dtype="string"
+            )
+    return pd.DataFrame(out)
+
+
+def write_summary(summary: pd.DataFrame, parquet_path: str | Path, csv_path: str | Path) -> None:
+    """Write the summary as Parquet (schema ``summary``) and CSV (same columns)."""
+    table = pa.Table.from_pandas(summary, preserve_index=False)
+    write_table(table, parquet_path, "summary")
+    _write_csv(summary, csv_path)
+
+
+def _write_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False, lineterminator="\n")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- selections
+
+
+def _run_members(ok: pd.DataFrame, run: str) -> pd.DataFrame:
+    """Rows of run ``run``: its checkpoints, and the model named ``run`` if it has a step."""
+    member = (ok["checkpoint_of"] == run).fillna(False)
+    named = (ok["model"] == run) & ok["training_step"].notna()
+    return ok[member | named]
+
+
+def checkpoint_runs(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{run: rows sorted by training_step}`` for each ``checkpoint_of`` run in ``rows``."""
+    runs = sorted(set(rows["checkpoint_of"].dropna()))
+    return {
+        run: _run_members(rows, run).sort_values(["training_step", "model"], kind="stable")
+        for run in runs
+    }
+
+
+def independent_models(rows: pd.DataFrame) -> pd.DataFrame:
+    """The ``ok`` rows of one workload that count as independent models.
+
+    Left out: intermediate checkpoints (a run is represented by the model
+    named like the run if it is in the study, else by its latest checkpoint),
+    and tuned models whose ``base_model`` is in ``rows``.
+    """
+    ok = rows[rows["status"] == "ok"]
+    names = set(ok["model"])
+    keep = pd.Series(True, index=ok.index)
+    for run, members in checkpoint_runs(ok).items():
+        if run in names:
+            keep[members.index[members["model"] != run]] = False
+        elif len(members):
+            keep[members.index[:-1]] = False
+    tuned_with_base = (ok["tuning"] == "tuned").fillna(False) & ok["base_model"].isin(names)
+    return ok[keep & ~tuned_with_base]
+
+
+def tuned_pairs(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(tuned, base)`` model pairs among the ``ok`` rows of one workload, sorted."""
+    ok = rows[rows["status"] == "ok"]
+    names = set(ok["model"])
+    tuned = ok[(ok["tuning"] == "tuned").fillna(False) & ok["base_model"].isin(names)]
+    return sorted(zip(tuned["model"], tuned["base_model"], strict=True))
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _row(**values: Any) -> dict[str, Any]:
+    row = dict.fromkeys(STATISTICS_COLUMNS)
+    row.update(values)
+    return row
+
+
+def _rng(seed: int, *key: str) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the row's key (independent of row order)."""
+    return np.random.default_rng([seed, zlib.crc32("\x1f".join(key).encode())])
+
+
+def linear_trend(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """OLS y = a + b x with t-based 95% CI of b, and Spearman's rho of (x, y).
+
+    Returns n, estimate (b), ci_low, ci_high (b -+ t_{0.975, n-2} se(b)),
+    intercept (a), p_value (H0: b = 0), spearman_rho, spearman_p, note (why a
+    value is missing: fewer than 3 points, constant x or constant y).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    out: dict[str, Any] = {"n": int(x.size)}
+    if x.size < MIN_TREND_MODELS:
+        out["note"] = f"n={x.size} < {MIN_TREND_MODELS} points: not estimated"
+        return out
+    if np.ptp(x) == 0:
+        out["note"] = "x is the same for every point: no trend"
+        return out
+    # centred x keeps the fit exact for decimal years (x ~ 2020, spread ~ 5)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ dy) / sxx
+    residuals = dy - slope * dx
+    df = x.size - 2
+    se = math.sqrt(float(residuals @ residuals) / df / sxx)
+    half = stats.t.ppf(0.975, df) * se
+    if se > 0:
+        p_value = 2 * stats.t.sf(abs(slope) / se, df)
+    else:  # an exact fit
+        p_value = 0.0 if slope != 0 else 1.0
+    out.update(
+        estimate=slope,
+        ci_low=slope - half,
+        ci_high=slope + half,
+        intercept=float(y.mean() - slope * x.mean()),
+        p_value=float(p_value),
+    )
+    if np.ptp(y) == 0:
+        out["note"] = "metric is the same for every point: rho undefined"
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = stats.spearmanr(x, y)
+    out.update(spearman_rho=float(rho.statistic), spearman_p=float(rho.pvalue))
+    return out
+
+
+def _bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` means of resamples of ``values`` drawn with replacement."""
+    draws = rng.integers(0, values.size, size=(n_boot, values.size))
+    return values[draws].mean(axis=1)
+
+
+def _percentile(samples: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _models_text(models: Iterable[str]) -> str:
+    return ";".join(models)
+
+
+def _trend_rows(
+    analysis: str,
+    workload: str,
+    metric: str,
+    rows: pd.DataFrame,
+    x_column: str,
+    x_values: pd.Series,
+    unit: str,
+    by_family: bool,
+) -> list[dict[str, Any]]:
+    method = (
+        "OLS slope, t-based 95% CI; Spearman rho (two-sided p); one point per independent model"
+    )
+    valid = rows[x_values.notna() & rows[metric].notna()]
+    groups: list[tuple[str, pd.DataFrame]] = [("all", valid)]
+    if by_family:
+        families = sorted(set(rows["family"].dropna()))
+        groups += [(f"family={f}", valid[valid["family"] == f]) for f in families]
+    out = []
+    for group, part in groups:
+        result = linear_trend(x_values[part.index], part[metric])
+        if result["n"] == 0:
+            result["note"] = f"no models with both {x_column} and {metric}"
+        out.append(
+            _row(
+                analysis=analysis,
+                workload=workload,
+                metric=metric,
+                group=group,
+                x=x_column,
+                unit=unit,
+                method=method,
+                models=_models_text(part["model"]),
+                **result,
+            )
+        )
+    return out
+
+
+def _class_rows(
+    workload: str, metric: str, rows: pd.DataFrame, n_boot: int, seed: int
+) -> list[dict[str, Any]]:
+    valid = rows[rows[metric].notna() & rows["arch"].notna()]
+    present = [c for c in ARCH_CLASSES if (valid["arch"] == c).any()]
+    present += sorted(set(valid["arch"]) - set(ARCH_CLASSES))
+    out = []
+    boots: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    mean_method = f"mean over models, 95% percentile bootstrap CI over models ({n_boot} resamples)"
+    for arch in present:
+        part = valid[valid["arch"] == arch]
+        v = part[metric].to_numpy(dtype=np.float64)
+        values[arch] = v
+        row = _row(
+            analysis="class_mean",
+            workload=workload,
+            metric=metric,
+            group=arch,
+            x="arch",
+            unit="metric",
+            n=int(v.size),
+            estimate=float(v.mean()),
+            method=mean_method,
+            models=_models_text(part["model"]),
+        )
+        if v.size >= 2:
+            boots[arch] = _bootstrap_mean(v, n_boot, _rng(seed, "class", workload, metric, arch))
+            row["ci_low"], row["ci_high"] = _percentile(boots[arch])
+        else:
+            row["note"] = "n=1 model: no CI"
+        out.append(row)
+    if not present:
+        out.append(
+            _row(
+                analysis="class_mean",
+                workload=workload,
+                metric=metric,
+                group="all",
+                x="arch",
+                n=0,
+                note=f"no models with both arch and {metric}",
+            )
+        )
+    diff_method = (
+        "difference of class means, 95% percentile bootstrap CI (models resampled within "
+        f"each class, {n_boot} resamples); Welch t-test p"
+    )
+    for first, second in itertools.combinations(present, 2):
+        a, b = values[second], values[first]  # later class minus earlier (e.g. moe - dense)
+        row = _row(
+            analysis="class_difference",
+            workload=workload,
+            metric=metric,
+            group=f"{second} - {first}",
+            x="arch",
+            unit="metric",
+            n=int(a.size + b.size),
+            estimate=float(a.mean() - b.mean()),
+            method=diff_method,
+            models=_models_text(valid[valid["arch"].isin([first, second])]["model"]),
+        )
+        if second in boots and first in boots:
+            row["ci_low"], row["ci_high"] = _percentile(boots[second] - boots[first])
+            if np.ptp(np.concatenate([a, b])) > 0:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    row["p_value"] = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        else:
+            row["note"] = f"n={b.size} {first}, n={a.size} {second}: CI needs >= 2 per class"
+        out.append(row)
+    return out
+
+
+def _paired_rows(workload: str, metric: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    by_model = rows.set_index("model")
+    diffs, used, out = [], [], []
+    pair_method = (
+        "tuned - base; CI combines the two bootstrap CIs as if independent "
+        "(conservative when both share documents)"
+    )
+    for tuned, base in tuned_pairs(rows):
+        t, b = by_model.loc[tuned], by_model.loc[base]
+        row = _row(
+            analysis="base_vs_tuned_pair",
+            workload=workload,
+            metric=metric,
+            group=f"{tuned} - {base}",
+            x="tuning",
+            unit="metric",
+            n=1,
+            method=pair_method,
+            models=_models_text([base, tuned]),
+        )
+        if pd.isna(t[metric]) or pd.isna(b[metric]):
+            row["note"] = f"{metric} is null for {tuned if pd.isna(t[metric]) else base}"
+            out.append(row)
+            continue
+        d = float(t[metric] - b[metric])
+        row["estimate"] = d
+        bounds = [t[f"{metric}_ci_low"], t[f"{metric}_ci_high"]]
+        bounds += [b[f"{metric}_ci_low"], b[f"{metric}_ci_high"]]
+        if not any(pd.isna(v) for v in bounds):
+            t_low, t_high, b_low, b_high = (float(v) for v in bounds)
+            row["ci_low"] = d - math.hypot(t[metric] - t_low, b_high - b[metric])
+            row["ci_high"] = d + math.hypot(t_high - t[metric], b[metric] - b_low)
+        else:
+            row["note"] = "no bootstrap CI in the score JSONs"
+        diffs.append(d)
+        used += [base, tuned]
+        out.append(row)
+    d = np.asarray(diffs, dtype=np.float64)
+    row = _row(
+        analysis="base_vs_tuned",
+        workload=workload,
+        metric=metric,
+        group="all",
+        x="tuning",
+        unit="metric",
+        n=int(d.size),
+        method="mean of paired differences tuned - base, t-based 95% CI; paired t-test p",
+        models=_models_text(used),
+    )
+    if d.size:
+        row["estimate"] = float(d.mean())
+    if d.size >= 2:
+        sd = float(d.std(ddof=1))
+        half = stats.t.ppf(0.975, d.size - 1) * sd / math.sqrt(d.size)
+        row["ci_low"], row["ci_high"] = row["estimate"] - half, row["estimate"] + half
+        if sd > 0:
+            row["p_value"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    else:
+        row["note"] = f"n={d.size} base/tuned pairs: CI needs >= 2"
+    out.append(row)
+    return out
+
+
+def _checkpoint_rows(workload: str, metric: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    ok = rows[rows["status"] == "ok"]
+    for run, members in checkpoint_runs(ok).items():
+        part = members[members[metric].notna() & members["training_step"].notna()]
+        x = np.log10(1.0 + part["training_step"].to_numpy(dtype=np.float64))
+        result = linear_trend(x, part[metric])
+        out.append(
+            _row(
+                analysis="checkpoint_trend",
+                workload=workload,
+                metric=metric,
+                group=run,
+                x="log10(1 + training_step)",
+                unit="per decade of training steps",
+                method="OLS slope on log10(1 + training_step), t-based 95% CI; Spearman rho",
+                models=_models_text(part["model"]),
+                **result,
+            )
+        )
+    return out
+
+
+def claim_statistics(
+    summary: pd.DataFrame,
+    metrics: Sequence[str] = STAT_METRICS,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Trend, class, base/tuned and checkpoint statistics (columns ``STATISTICS_COLUMNS``).
+
+    One block of rows per workload and metric; see the module docstring for
+    every formula and for which models each analysis uses. Never fails for
+    lack of data: such rows have ``n`` and a ``note``.
+    """
+    unknown = [m for m in metrics if m not in summary.columns]
+    if unknown:
+        raise AggregateError(f"metrics {unknown} are not summary columns")
+    out: list[dict[str, Any]] = []
+    for workload in pd.unique(summary["workload"]):
+        rows = summary[summary["workload"] == workload]
+        independent = independent_models(rows)
+        log10_params = np.log10(independent["total_params"].where(independent["total_params"] > 0))
+        for metric in metrics:
+            out += _trend_rows(
+                "release_trend",
+                workload,
+                metric,
+                independent,
+                "release_year",
+                independent["release_year"],
+                "per year",
+                by_family=True,
+            )
+            out += _trend_rows(
+                "params_trend",
+                workload,
+                metric,
+                independent,
+                "log10(total_params)",
+                log10_params,
+                "per decade of parameters",
+                by_family=True,
+            )
+            out += _class_rows(workload, metric, independent, n_boot, seed)
+            out += _paired_rows(workload, metric, rows[rows["status"] == "ok"])
+            out += _checkpoint_rows(workload, metric, rows)
+    frame = pd.DataFrame(out, columns=list(STATISTICS_COLUMNS))
+    frame["n"] = frame["n"].astype("Int64")
+    for column in ("estimate", "ci_low", "ci_high", "intercept", "p_value"):
+        frame[column] = frame[column].astype("float64")
+    for column in ("spearman_rho", "spearman_p"):
+        frame[column] = frame[column].astype("float64")
+    return frame
+
+
+def write_statistics(
+    statistics: pd.DataFrame,
+    csv_path: str | Path,
+    json_path: str | Path,
+    params: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the statistics as CSV and as JSON ``{"params": ..., "rows": [...]}`` (NaN -> null)."""
+    _write_csv(statistics, csv_path)
+    records = [
+        {key: (None if pd.isna(value) else value) for key, value in record.items()}
+        for record in statistics.astype(object).to_dict(orient="records")
+    ]
+    write_json({"params": dict(params or {}), "rows": records}, json_path)
+
+
+def aggregate_files(
+    score_jsons: Mapping[tuple[str, str], str | Path],
+    models: Mapping[str, Mapping[str, Any]],
+    model_infos: Mapping[str, str | Path] | None,
+    summary_parquet: str | Path,
+    summary_csv: str | Path,
+    statistics_csv: str | Path,
+    statistics_json: str | Path,
+    seed: int = 0,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
+    """File-to-file entry point of the aggregate rule; returns the summary."""
+    summary = build_summary(score_jsons, models, model_infos)
+    write_summary(summary, summary_parquet, summary_csv)
+    n_failed = int((summary["status"] == "failed").sum())
+    log.info(
+        "summary: %d pairs (%d failed) of %d models, %d workloads",
+        len(summary),
+        n_failed,
+        summary["model"].nunique(),
+        summary["workload"].nunique(),
+    )
+    statistics = claim_statistics(summary, n_boot=n_boot, seed=seed)
+    params = {
+        "seed": seed,
+        "bootstrap": n_boot,
+        "metrics": list(STAT_METRICS),
+        "versions": package_versions(),
+    }
+    write_statistics(statistics, statistics_csv, statistics_json, params)
+    log.info("statistics: %d rows", len(statistics))
+    return summary

@@ -1,0 +1,1189 @@
+"""Figures of a study: one function per figure, each writing ``<stem>.pdf`` and ``.png``.
+
+Every figure function takes a :class:`Study` (the summary table, the per-layer
+curves, the score JSONs and the claim statistics) and an output folder, and
+returns the two paths it wrote. Figures render for any study: with one
+model, no release dates, no checkpoints or no base/tuned pairs a panel says
+so in its middle instead of failing.
+
+Conventions shared by all figures: one colour per architecture class
+(:data:`ARCH_COLORS`, Okabe-Ito; models of one class get shades of it), one
+marker per workload, axes labelled with their units. Output is byte-stable:
+the Agg backend, fixed rcParams, and no timestamps in PDF or PNG metadata.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.cm  # noqa: E402
+import matplotlib.colors as mcolors  # noqa: E402
+import matplotlib.patches  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from . import aggregate  # noqa: E402
+from .tables import read_table  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCH_COLORS",
+    "FIGURES",
+    "METRIC_LABELS",
+    "Study",
+    "agreement_curves",
+    "arch_comparison",
+    "base_vs_tuned",
+    "checkpoints",
+    "figures_from_files",
+    "load_study",
+    "model_colors",
+    "params_trend",
+    "release_trend",
+    "render_all",
+    "saturation_hist",
+    "tradeoff",
+]
+
+#: Colour of each architecture class (Okabe-Ito, colour-blind safe); grey for unknown.
+ARCH_COLORS: dict[str, str] = {
+    "dense": "#0072B2",
+    "moe": "#E69F00",
+    "ssm": "#009E73",
+    "hybrid": "#CC79A7",
+}
+UNKNOWN_COLOR = "#7F7F7F"
+WORKLOAD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: Headline metrics shown in the trend and comparison figures.
+FIGURE_METRICS = (
+    "oracle_savings",
+    "savings_at_99",
+    "consistency_savings_auc",
+    "net_flop_savings_at_99",
+)
+METRIC_LABELS: dict[str, str] = {
+    "oracle_savings": "oracle savings\n(share of layers skipped)",
+    "savings_at_99": "savings at 99% consistency\n(share of layers skipped)",
+    "savings_at_95": "savings at 95% consistency\n(share of layers skipped)",
+    "consistency_savings_auc": "consistency-savings AUC\n(area, 0-1)",
+    "oracle_net_flop_savings": "oracle net FLOP savings\n(share of FLOPs saved)",
+    "net_flop_savings_at_99": "net FLOP savings at 99%\n(share of FLOPs saved)",
+}
+METRIC_TITLES: dict[str, str] = {
+    "oracle_savings": "Oracle savings",
+    "savings_at_99": "Savings at 99% consistency",
+    "savings_at_95": "Savings at 95% consistency",
+    "consistency_savings_auc": "Consistency-savings AUC",
+    "oracle_net_flop_savings": "Oracle net FLOP savings",
+    "net_flop_savings_at_99": "Net FLOP savings at 99%",
+}
+RC_PARAMS: dict[str, Any] = {
+    "font.family": "DejaVu Sans",
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#E5E5E5",
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 5,
+    "figure.dpi": 150,
+    "savefig.dpi": 150,
+    "pdf.fonttype": 42,
+    "svg.hashsalt": "exitbench",
+    "path.simplify": False,
+    "axes.formatter.useoffset": False,
+}
+DPI = 150
+PANEL_WIDTH, PANEL_HEIGHT = 3.3, 2.6
+CREATOR = "exitbench"
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Study:
+    """Everything the figures read.
+
+    ``summary``: the aggregate table (schema ``summary``); ``curves``: the
+    concatenated per-layer tables (schema ``scores``) of the ``ok`` pairs;
+    ``headlines``: score JSON per ``(model, workload)``; ``statistics``: the
+    output of :func:`exitbench.aggregate.claim_statistics`.
+    """
+
+    summary: pd.DataFrame
+    curves: pd.DataFrame
+    headlines: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    statistics: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        if self.statistics is None:
+            self.statistics = aggregate.claim_statistics(self.summary)
+
+    @property
+    def workloads(self) -> list[str]:
+        return list(pd.unique(self.summary["workload"]))
+
+    def ok(self, workload: str | None = None) -> pd.DataFrame:
+        rows = self.summary[self.summary["status"] == "ok"]
+        return rows if workload is None else rows[rows["workload"] == workload]
+
+
+def _existing(paths: Iterable[str | Path]) -> list[Path]:
+    return [Path(p) for p in paths if Path(p).exists()]
+
+
+def load_study(
+    summary_path: str | Path,
+    curves_paths: Iterable[str | Path] = (),
+    headline_paths: Iterable[str | Path] = (),
+    statistics_path: str | Path | None = None,
+) -> Study:
+    """Read a study's files; missing curves/JSON files (failed pairs) are skipped.
+
+    ``statistics_path`` is ``results/statistics.json``; without it the
+    statistics are recomputed from the summary (seed 0).
+    """
+    summary = read_table(summary_path, "summary").to_pandas()
+    tables = [read_table(p, "scores") for p in _existing(curves_paths)]
+    tables = [table.to_pandas() for table in tables if table.num_rows]  # failed pairs: no rows
+    curves = pd.concat(tables, ignore_index=True) if tables else _empty_curves()
+    headlines = {}
+    for path in _existing(headline_paths):
+        data = json.loads(path.read_text())
+        if data.get("status", "ok") == "ok" and "headline" in data:
+            headlines[(data["model"], data["workload"])] = data
+    statistics = None
+    if statistics_path is not None:
+        rows = json.loads(Path(statistics_path).read_text())["rows"]
+        statistics = pd.DataFrame(rows, columns=list(aggregate.STATISTICS_COLUMNS))
+    return Study(summary, curves, headlines, statistics)
+
+
+def _empty_curves() -> pd.DataFrame:
+    return pd.DataFrame(
+        columns=["model", "workload", "layer", "layer_fraction", "agreement", "saturation_count"]
+    )
+
+
+# ---------------------------------------------------------------- style
+
+
+def _shade(color: str, amount: float) -> tuple[float, float, float]:
+    """``color`` lightened (amount > 0, towards white) or darkened (amount < 0)."""
+    h, lightness, s = colorsys.rgb_to_hls(*mcolors.to_rgb(color))
+    lightness = lightness + (1 - lightness) * amount if amount > 0 else lightness * (1 + amount)
+    return colorsys.hls_to_rgb(h, min(max(lightness, 0.0), 1.0), s)
+
+
+def arch_color(arch: Any) -> str:
+    return ARCH_COLORS.get(arch, UNKNOWN_COLOR) if isinstance(arch, str) else UNKNOWN_COLOR
+
+
+def _model_order(summary: pd.DataFrame) -> list[str]:
+    """Models sorted by class, family, release, size, training step, name."""
+    first = summary.drop_duplicates("model").copy()
+    classes = list(ARCH_COLORS)
+    first["_class"] = [
+        classes.index(a) if isinstance(a, str) and a in classes else len(classes)
+        for a in first["arch"]
+    ]
+    first = first.sort_values(
+        ["_class", "family", "release_year", "total_params", "training_step", "model"],
+        na_position="last",
+        kind="stable",
+    )
+    return first["model"].tolist()
+
+
+def model_colors(summary: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """One colour per model: its class colour, in shades from dark to light within the class."""
+    colors = {}
+    first = summary.drop_duplicates("model").set_index("model")
+    order = _model_order(summary)
+    by_class: dict[str, list[str]] = {}
+    for model in order:
+        by_class.setdefault(arch_color(first.loc[model, "arch"]), []).append(model)
+    for color, models in by_class.items():
+        amounts = np.linspace(-0.35, 0.45, len(models)) if len(models) > 1 else [0.0]
+        for model, amount in zip(models, amounts, strict=True):
+            colors[model] = _shade(color, float(amount))
+    return colors
+
+
+def _workload_marker(study: Study, workload: str) -> str:
+    return WORKLOAD_MARKERS[study.workloads.index(workload) % len(WORKLOAD_MARKERS)]
+
+
+def _figure(nrows: int, ncols: int, width: float = PANEL_WIDTH, height: float = PANEL_HEIGHT):
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(width * ncols, height * nrows),
+        squeeze=False,
+        layout="constrained",
+    )
+    return fig, axes
+
+
+def _message(ax: plt.Axes, text: str) -> None:
+    """Centre ``text`` in an empty panel."""
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=9,
+        color="#555555",
+        wrap=True,
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _save(fig: plt.Figure, out_dir: str | Path, stem: str) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext, metadata in [
+        ("pdf", {"Creator": CREATOR, "Producer": CREATOR, "CreationDate": None}),
+        ("png", {"Software": CREATOR}),
+    ]:
+        path = out_dir / f"{stem}.{ext}"
+        tmp = out_dir / f".{stem}.tmp.{ext}"
+        fig.savefig(tmp, dpi=DPI, metadata=metadata, format=ext)
+        tmp.replace(path)
+        paths.append(path)
+    plt.close(fig)
+    log.info("wrote %s", ", ".join(map(str, paths)))
+    return paths
+
+
+def _single_message_figure(out_dir: str | Path, stem: str, text: str) -> list[Path]:
+    fig, axes = _figure(1, 1, 4.5, 2.0)
+    _message(axes[0, 0], text)
+    return _save(fig, out_dir, stem)
+
+
+def _grid(n_panels: int, max_cols: int = 2) -> tuple[int, int]:
+    ncols = min(n_panels, max_cols)
+    return math.ceil(n_panels / ncols), ncols
+
+
+def _legend_handles(
+    study: Study, archs: Iterable[Any], with_workloads: bool = True
+) -> list[Line2D]:
+    handles = []
+    present = {a if isinstance(a, str) else None for a in archs}
+    for arch in [*ARCH_COLORS, None]:
+        if arch in present:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=arch_color(arch),
+                    marker="o",
+                    linestyle="",
+                    label=arch or "unknown class",
+                )
+            )
+    if with_workloads and len(study.workloads) > 1:
+        for workload in study.workloads:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    linestyle="",
+                    label=f"workload {workload}",
+                    **_marker_style(study, workload, "#555555"),
+                )
+            )
+    return handles
+
+
+def _figure_legend(fig: plt.Figure, handles: Sequence[Any], ncol: int | None = None) -> None:
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=ncol or _legend_columns(fig, len(handles)),
+        )
+
+
+def _legend_columns(fig: plt.Figure, n_handles: int) -> int:
+    """Columns of a figure legend: one row when it fits the figure's width, else balanced rows."""
+    fits = max(1, int(fig.get_figwidth() / 1.45))
+    rows = math.ceil(n_handles / fits)
+    return math.ceil(n_handles / rows)
+
+
+def _errorbar(ax, x: float, row: pd.Series, metric: str, color: Any, style: dict) -> None:
+    """One point with its 95% CI as a vertical bar."""
+    y = row[metric]
+    low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    yerr = None
+    if pd.notna(low) and pd.notna(high):
+        yerr = [[max(y - low, 0.0)], [max(high - y, 0.0)]]
+    ax.errorbar(
+        [x],
+        [y],
+        yerr=yerr,
+        color=color,
+        markersize=5,
+        elinewidth=0.9,
+        capsize=0,
+        linestyle="",
+        **style,
+    )
+
+
+def _stat(study: Study, analysis: str, workload: str, metric: str, group: str) -> dict | None:
+    stats = study.statistics
+    hit = stats[
+        (stats["analysis"] == analysis)
+        & (stats["workload"] == workload)
+        & (stats["metric"] == metric)
+        & (stats["group"] == group)
+    ]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}g}"
+
+
+def _label_points(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str]) -> None:
+    """Small labels right of the points, skipped where one would overlap an earlier label.
+
+    Overlap is judged in axes fractions from the current limits (no draw needed).
+    """
+    ax.autoscale_view()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    log_x = ax.get_xscale() == "log"
+
+    def fraction(x: float, y: float) -> tuple[float, float]:
+        if log_x:
+            fx = (math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0))
+        else:
+            fx = (x - x0) / (x1 - x0) if x1 != x0 else 0.5
+        return fx, (y - y0) / (y1 - y0) if y1 != y0 else 0.5
+
+    placed: list[tuple[float, float, float]] = []
+    for x, y, text in sorted(zip(xs, ys, labels, strict=True), key=lambda t: (t[1], t[0])):
+        fx, fy = fraction(x, y)
+        width = 0.012 * len(text) + 0.02
+        if any(fx < qx + qw and qx < fx + width and abs(fy - qy) < 0.06 for qx, qy, qw in placed):
+            continue
+        placed.append((fx, fy, width))
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(4, 2),
+            textcoords="offset points",
+            fontsize=5.5,
+            color="#333333",
+        )
+
+
+def _styled(function: Callable[[Study, str | Path], list[Path]]):
+    """Run a figure function under the fixed :data:`RC_PARAMS` (byte-stable output)."""
+
+    @functools.wraps(function)
+    def wrapper(study: Study, out_dir: str | Path) -> list[Path]:
+        with plt.rc_context(RC_PARAMS):
+            return function(study, out_dir)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _marker_style(study: Study, workload: str, color: Any) -> dict[str, Any]:
+    """Marker of a workload: the first filled, the others hollow, edge in ``color``."""
+    first = study.workloads.index(workload) == 0 if workload in study.workloads else True
+    return {
+        "marker": _workload_marker(study, workload),
+        "markerfacecolor": color if first else "none",
+        "markeredgecolor": "white" if first else color,
+        "markeredgewidth": 0.5 if first else 1.0,
+    }
+
+
+def _panel_colors(rows: pd.DataFrame, models: Sequence[str]) -> dict[str, Any]:
+    """Class colours, shaded apart for models of one class shown in the same panel."""
+    by_class: dict[str, list[str]] = {}
+    for model in models:
+        by_class.setdefault(arch_color(_meta(rows, model, "arch")), []).append(model)
+    colors = {}
+    for color, members in by_class.items():
+        amounts = np.linspace(-0.4, 0.4, len(members)) if len(members) > 1 else [0.0]
+        for model, amount in zip(members, amounts, strict=True):
+            colors[model] = _shade(color, float(amount))
+    return colors
+
+
+@_styled
+def agreement_curves(study: Study, out_dir: str | Path) -> list[Path]:
+    """Agreement with the final top-1 vs layer / L, one line per model, one panel per family.
+
+    One block of rows per workload. Intermediate checkpoints are left out (see
+    :func:`checkpoints`); bands are the 95% bootstrap CIs over documents;
+    tuned models are dashed.
+    """
+    stem = "agreement_curves"
+    blocks: list[tuple[str, list[tuple[str, list[str]]]]] = []
+    for workload in study.workloads:
+        rows = study.ok(workload)
+        shown = _curve_models(rows)
+        order = [m for m in _model_order(rows) if m in shown]
+        families = list(dict.fromkeys(_family(_meta(rows, m, "family")) for m in order))
+        panels = [
+            (family, [m for m in order if _family(_meta(rows, m, "family")) == family])
+            for family in families
+        ]
+        if panels:
+            blocks.append((workload, panels))
+    if not blocks:
+        return _single_message_figure(out_dir, stem, "no scored models in this study")
+    ncols = min(max(len(panels) for _, panels in blocks), 3)
+    block_rows = [math.ceil(len(panels) / ncols) for _, panels in blocks]
+    fig, axes = _figure(sum(block_rows), ncols, PANEL_WIDTH, 2.4)
+    used = set()
+    start = 0
+    multi = len(study.workloads) > 1
+    for (workload, panels), n_rows in zip(blocks, block_rows, strict=True):
+        rows = study.ok(workload)
+        for k, (family, models) in enumerate(panels):
+            r, c = start + k // ncols, k % ncols
+            used.add((r, c))
+            ax = axes[r, c]
+            colors = _panel_colors(rows, models)
+            for model in models:
+                curve = _curve(study, model, workload)
+                if curve.empty:
+                    continue
+                tuned = _meta(rows, model, "tuning") == "tuned"
+                ax.plot(
+                    curve["layer_fraction"],
+                    curve["agreement"],
+                    color=colors[model],
+                    linestyle="--" if tuned else "-",
+                    label=model,
+                )
+                if curve["agreement_ci_low"].notna().any():
+                    ax.fill_between(
+                        curve["layer_fraction"],
+                        curve["agreement_ci_low"],
+                        curve["agreement_ci_high"],
+                        color=colors[model],
+                        alpha=0.18,
+                        linewidth=0,
+                    )
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{family} · {workload}" if multi else family)
+            ax.set_xlabel("layer / L")
+            if c == 0:
+                ax.set_ylabel("agreement with final top-1\n(share of tokens)")
+            ax.legend(loc="upper left", handlelength=1.8)
+        start += n_rows
+    for r in range(axes.shape[0]):
+        for c in range(axes.shape[1]):
+            if (r, c) not in used:
+                axes[r, c].set_visible(False)
+    handles = _legend_handles(study, study.ok()["arch"], with_workloads=False)
+    handles.append(Line2D([], [], color="#444444", linestyle="--", label="tuned model"))
+    handles.append(
+        matplotlib.patches.Patch(facecolor="#CCCCCC", label="95% bootstrap CI over documents")
+    )
+    _figure_legend(fig, handles)
+    return _save(fig, out_dir, stem)
+
+
+def _family(value: Any) -> str:
+    return value if isinstance(value, str) else "unknown family"
+
+
+def _meta(rows: pd.DataFrame, model: str, column: str) -> Any:
+    values = rows.loc[rows["model"] == model, column]
+    return values.iloc[0] if len(values) and pd.notna(values.iloc[0]) else None
+
+
+def _curve_models(rows: pd.DataFrame) -> set[str]:
+    """Models drawn as curves: all ``ok`` models except intermediate checkpoints."""
+    keep = set(rows["model"])
+    names = set(rows["model"])
+    for run, members in aggregate.checkpoint_runs(rows).items():
+        if run in names:
+            keep -= set(members["model"]) - {run}
+        else:
+            keep -= set(members["model"].iloc[:-1])
+    return keep
+
+
+def _curve(study: Study, model: str, workload: str) -> pd.DataFrame:
+    curves = study.curves
+    part = curves[(curves["model"] == model) & (curves["workload"] == workload)]
+    return part.sort_values("layer")
+
+
+def _independent(study: Study) -> pd.DataFrame:
+    parts = [
+        aggregate.independent_models(study.summary[study.summary["workload"] == workload])
+        for workload in study.workloads
+    ]
+    return pd.concat(parts) if parts else study.summary.iloc[:0]
+
+
+TREND_STYLES = ("--", ":", "-.")
+
+
+def _trend_figure(
+    study: Study,
+    out_dir: str | Path,
+    stem: str,
+    analysis: str,
+    x_of: Callable[[pd.DataFrame], pd.Series],
+    x_label: str,
+    empty_text: str,
+    log_x: bool,
+    slope_unit: str,
+) -> list[Path]:
+    metrics = FIGURE_METRICS
+    points = _independent(study)
+    with_x = points[x_of(points).notna()]
+    if with_x.empty:
+        return _single_message_figure(out_dir, stem, empty_text)
+    nrows, ncols = _grid(len(metrics))
+    fig, axes = _figure(nrows, ncols, 3.6, 2.9)
+    n_work = len(study.workloads)
+    label_models = 0 < with_x["model"].nunique() <= 14
+    trend_drawn: set[int] = set()
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        ax.set_title(METRIC_TITLES[metric])
+        shown = with_x[with_x[metric].notna()]
+        if shown.empty:
+            _message(ax, f"no values of {metric} in this study")
+            continue
+        x_all = x_of(shown).to_numpy(dtype=float)
+        span = np.log10(x_all.max() / x_all.min()) if log_x else x_all.max() - x_all.min()
+        notes = []
+        for wi, workload in enumerate(study.workloads):
+            part = shown[shown["workload"] == workload]
+            if part.empty:
+                continue
+            xs = x_of(part).astype(float)
+            # workloads side by side, so equal x never hides a point
+            dodge = (wi - (n_work - 1) / 2) * 0.02 * (span or 1.0)
+            for index, row in part.iterrows():
+                x = xs[index] * 10**dodge if log_x else xs[index] + dodge
+                color = arch_color(row["arch"])
+                _errorbar(ax, x, row, metric, color, _marker_style(study, workload, color))
+            stat = _stat(study, analysis, workload, metric, "all")
+            prefix = f"{workload}: " if n_work > 1 else ""
+            if stat and pd.notna(stat["estimate"]):
+                ends = np.log10([xs.min(), xs.max()]) if log_x else np.array([xs.min(), xs.max()])
+                line_x = np.linspace(ends[0], ends[1], 50)
+                line_y = stat["intercept"] + stat["estimate"] * line_x
+                trend_drawn.add(wi)
+                ax.plot(
+                    10**line_x if log_x else line_x,
+                    line_y,
+                    color="#333333",
+                    linestyle=TREND_STYLES[wi % len(TREND_STYLES)],
+                    linewidth=1.0,
+                    zorder=1,
+                )
+                notes.append(
+                    f"{prefix}slope {_fmt(stat['estimate'], 2)}{slope_unit} "
+                    f"[{_fmt(stat['ci_low'], 2)}, {_fmt(stat['ci_high'], 2)}], "
+                    f"ρ = {_fmt(stat['spearman_rho'], 2)}, n = {stat['n']}"
+                )
+            elif stat:
+                notes.append(f"{prefix}{stat['note']}")
+        if label_models:
+            first = shown.drop_duplicates("model")
+            _label_points(ax, x_of(first).tolist(), first[metric].tolist(), first["model"].tolist())
+        if log_x:
+            ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(METRIC_LABELS[metric])
+        low = shown[f"{metric}_ci_low"].fillna(shown[metric]).min()
+        high = shown[f"{metric}_ci_high"].fillna(shown[metric]).max()
+        height = (high - low) or 0.1
+        # room under the data for the notes, so they never cover a point
+        ax.set_ylim(low - height * (0.06 + 0.1 * len(notes)), high + height * 0.08)
+        if span > 0:
+            ax.margins(x=0.1)
+        elif log_x:  # a single x value: a decade around it
+            ax.set_xlim(x_all.min() / 10**0.5, x_all.min() * 10**0.5)
+        else:
+            ax.set_xlim(x_all.min() - 1, x_all.min() + 1)
+        if notes:
+            ax.text(
+                0.02,
+                0.02,
+                "\n".join(notes),
+                transform=ax.transAxes,
+                fontsize=6,
+                va="bottom",
+                ha="left",
+                color="#333333",
+            )
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    handles = _legend_handles(study, with_x["arch"])
+    for wi in sorted(trend_drawn):
+        label = f"OLS trend ({study.workloads[wi]})" if n_work > 1 else "OLS trend"
+        style = TREND_STYLES[wi % len(TREND_STYLES)]
+        handles.append(Line2D([], [], color="#333333", linestyle=style, linewidth=1.0, label=label))
+    _figure_legend(fig, handles)
+    return _save(fig, out_dir, stem)
+
+
+@_styled
+def release_trend(study: Study, out_dir: str | Path) -> list[Path]:
+    """Headline suitability vs release date, coloured by class, OLS trend lines.
+
+    One point per independent model (see
+    :func:`exitbench.aggregate.independent_models`) with its 95% CI; the
+    annotation gives the slope per year with its t-based CI, Spearman's rho
+    and n, as in ``results/statistics.csv``.
+    """
+    return _trend_figure(
+        study,
+        out_dir,
+        "release_trend",
+        "release_trend",
+        lambda rows: rows["release_year"],
+        "release date (year)",
+        "no release dates in this study",
+        log_x=False,
+        slope_unit="/yr",
+    )
+
+
+@_styled
+def params_trend(study: Study, out_dir: str | Path) -> list[Path]:
+    """Headline suitability vs total parameters (log x), OLS trend per decade of parameters."""
+    return _trend_figure(
+        study,
+        out_dir,
+        "params_trend",
+        "params_trend",
+        lambda rows: rows["total_params"].where(rows["total_params"] > 0),
+        "total parameters (count, log scale)",
+        "no parameter counts in this study",
+        log_x=True,
+        slope_unit="/decade",
+    )
+
+
+@_styled
+def arch_comparison(study: Study, out_dir: str | Path) -> list[Path]:
+    """Mean of each headline metric per architecture class with 95% bootstrap CIs.
+
+    Bars are class means over independent models, black bars their CIs, dots
+    the models themselves.
+    """
+    stem = "arch_comparison"
+    metrics = FIGURE_METRICS
+    points = _independent(study)
+    if points.empty:
+        return _single_message_figure(out_dir, stem, "no scored models in this study")
+    nrows, ncols = _grid(len(metrics))
+    fig, axes = _figure(nrows, ncols, 3.4, 2.6)
+    present: list[str | None] = [c for c in ARCH_COLORS if (points["arch"] == c).any()]
+    present += sorted(set(points["arch"].dropna()) - set(ARCH_COLORS))
+    if points["arch"].isna().any():
+        present.append(None)
+    n_work = len(study.workloads)
+    width = 0.75 / max(n_work, 1)
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        ax.set_title(METRIC_TITLES[metric])
+        valid = points[points[metric].notna()]
+        if valid.empty:
+            _message(ax, f"no values of {metric} in this study")
+            continue
+        for ci, arch in enumerate(present):
+            in_class = valid["arch"].isna() if arch is None else valid["arch"] == arch
+            color = arch_color(arch)
+            for wi, workload in enumerate(study.workloads):
+                part = valid[in_class & (valid["workload"] == workload)]
+                if part.empty:
+                    continue
+                x = ci + (wi - (n_work - 1) / 2) * width
+                stat = _stat(study, "class_mean", workload, metric, arch) if arch else None
+                mean = stat["estimate"] if stat else part[metric].mean()
+                ax.bar(
+                    x,
+                    mean,
+                    width=width * 0.85,
+                    color=color,
+                    alpha=0.3,
+                    edgecolor=color,
+                    linewidth=0.8,
+                )
+                offsets = np.linspace(-0.28, 0.28, len(part)) * width if len(part) > 1 else [0]
+                style = _marker_style(study, workload, color)
+                for offset, value in zip(offsets, part[metric], strict=True):
+                    ax.plot([x + offset], [value], linestyle="", markersize=4, zorder=3, **style)
+                if stat and pd.notna(stat["ci_low"]):
+                    ax.errorbar(
+                        [x],
+                        [mean],
+                        yerr=[[mean - stat["ci_low"]], [stat["ci_high"] - mean]],
+                        color="#222222",
+                        capsize=3,
+                        elinewidth=1.1,
+                        linestyle="",
+                        zorder=4,
+                    )
+        ax.set_xticks(range(len(present)), [a or "unknown" for a in present])
+        ax.set_xlabel("architecture class")
+        ax.set_ylabel(METRIC_LABELS[metric])
+        ax.set_xlim(-0.6, len(present) - 0.4)
+        ax.grid(axis="x", visible=False)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    handles: list[Any] = [
+        matplotlib.patches.Patch(facecolor="#D0D0D0", edgecolor="#777777", label="class mean"),
+        Line2D(
+            [],
+            [],
+            color="#222222",
+            marker="|",
+            markersize=10,
+            linestyle="",
+            label="95% bootstrap CI over models",
+        ),
+        Line2D(
+            [],
+            [],
+            color="#777777",
+            marker="o",
+            linestyle="",
+            markersize=4,
+            markeredgecolor="white",
+            label="one model",
+        ),
+    ]
+    if n_work > 1:
+        handles += _legend_handles(study, [], with_workloads=True)
+    _figure_legend(fig, handles)
+    return _save(fig, out_dir, stem)
+
+
+@_styled
+def base_vs_tuned(study: Study, out_dir: str | Path) -> list[Path]:
+    """Paired differences tuned - base per pair with CIs, and their mean (forest plot)."""
+    stem = "base_vs_tuned"
+    pairs = [
+        (workload, tuned, base)
+        for workload in study.workloads
+        for tuned, base in aggregate.tuned_pairs(study.ok(workload))
+    ]
+    if not pairs:
+        return _single_message_figure(out_dir, stem, "no base/tuned pairs in this study")
+    metrics = FIGURE_METRICS
+    nrows, ncols = _grid(len(metrics))
+    n_rows = len(pairs) + len({w for w, _, _ in pairs})
+    fig, axes = _figure(nrows, ncols, 3.7, max(1.7, 0.75 + 0.22 * n_rows))
+    multi = len(study.workloads) > 1
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        ax.set_title(METRIC_TITLES[metric])
+        labels: list[str] = []
+        drawn = False
+        for workload in study.workloads:
+            rows = [(t, b) for w, t, b in pairs if w == workload]
+            if not rows:
+                continue
+            suffix = f" ({workload})" if multi else ""
+            for tuned, base in rows:
+                stat = _stat(study, "base_vs_tuned_pair", workload, metric, f"{tuned} - {base}")
+                if stat and pd.notna(stat["estimate"]):
+                    color = arch_color(_meta(study.ok(workload), tuned, "arch"))
+                    _forest_point(ax, len(labels), stat, color, "o")
+                    drawn = True
+                labels.append(f"{tuned} − {base}{suffix}")
+            stat = _stat(study, "base_vs_tuned", workload, metric, "all")
+            if stat and pd.notna(stat["estimate"]):
+                _forest_point(ax, len(labels), stat, "#222222", "D")
+            labels.append(f"mean of {stat['n'] if stat else 0} pair(s){suffix}")
+        if not drawn:
+            _message(ax, f"no values of {metric} for the pairs")
+            continue
+        ax.axvline(0, color="#555555", linewidth=0.8)
+        ax.set_yticks(range(len(labels)), labels)
+        if ax.get_subplotspec().colspan.start > 0:  # same rows in every panel: label them once
+            ax.tick_params(labelleft=False)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        unit = METRIC_LABELS[metric].split("\n")[-1]
+        ax.set_xlabel(f"tuned − base\n{unit}")
+        ax.grid(axis="y", visible=False)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.margins(x=0.1)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    tuned_archs = [_meta(study.ok(w), t, "arch") for w, t, _ in pairs]
+    handles = _legend_handles(study, tuned_archs, with_workloads=False)
+    handles[:0] = [
+        Line2D(
+            [],
+            [],
+            color="#777777",
+            marker="o",
+            linestyle="-",
+            label="pair (combined bootstrap CIs)",
+        ),
+        Line2D(
+            [],
+            [],
+            color="#222222",
+            marker="D",
+            linestyle="-",
+            label="mean difference (t-based 95% CI)",
+        ),
+    ]
+    _figure_legend(fig, handles, ncol=min(len(handles), 4))
+    return _save(fig, out_dir, stem)
+
+
+def _forest_point(ax, y: float, stat: Mapping[str, Any], color, marker: str) -> None:
+    x = stat["estimate"]
+    xerr = None
+    if pd.notna(stat["ci_low"]) and pd.notna(stat["ci_high"]):
+        xerr = [[x - stat["ci_low"]], [stat["ci_high"] - x]]
+    ax.errorbar(
+        [x],
+        [y],
+        xerr=xerr,
+        color=color,
+        marker=marker,
+        linestyle="",
+        capsize=2,
+        elinewidth=1.0,
+        markersize=5,
+    )
+
+
+CHECKPOINT_METRICS = (("oracle_savings", "-"), ("savings_at_99", "--"))
+
+
+@_styled
+def checkpoints(study: Study, out_dir: str | Path) -> list[Path]:
+    """Per training run (row): savings vs training step, and agreement curves per checkpoint."""
+    stem = "checkpoints"
+    runs = sorted(set(study.ok()["checkpoint_of"].dropna()))
+    if not runs:
+        return _single_message_figure(out_dir, stem, "no checkpoint runs in this study")
+    n_work = len(study.workloads)
+    fig, axes = _figure(len(runs), 1 + n_work, 3.2, 2.5)
+    for r, run in enumerate(runs):
+        ax = axes[r, 0]
+        for workload in study.workloads:
+            members = aggregate.checkpoint_runs(study.ok(workload)).get(run)
+            if members is None or members.empty:
+                continue
+            steps = members["training_step"].astype(float) + 1
+            base = arch_color(members["arch"].iloc[-1])
+            for metric, style in CHECKPOINT_METRICS:
+                color = _shade(base, -0.3 if metric == "oracle_savings" else 0.25)
+                ax.errorbar(
+                    steps,
+                    members[metric],
+                    yerr=_yerr(members, metric),
+                    color=color,
+                    linestyle=style,
+                    linewidth=1.1,
+                    elinewidth=0.8,
+                    markersize=4,
+                    **_marker_style(study, workload, color),
+                )
+        ax.set_xscale("log")
+        ax.set_title(f"{run}: savings vs training")
+        ax.set_xlabel("1 + training step (log scale)")
+        ax.set_ylabel("savings\n(share of layers skipped)")
+        for w, workload in enumerate(study.workloads):
+            ax = axes[r, 1 + w]
+            members = aggregate.checkpoint_runs(study.ok(workload)).get(run)
+            ax.set_title(f"{run}: agreement" + (f" · {workload}" if n_work > 1 else ""))
+            if members is None or members.empty:
+                _message(ax, f"no checkpoints of {run}\nscored on {workload}")
+                continue
+            base = arch_color(members["arch"].iloc[-1])
+            amounts = np.linspace(0.65, -0.4, len(members)) if len(members) > 1 else [0.0]
+            for (_, member), amount in zip(members.iterrows(), amounts, strict=True):
+                curve = _curve(study, member["model"], workload)
+                step = member["training_step"]
+                ax.plot(
+                    curve["layer_fraction"],
+                    curve["agreement"],
+                    color=_shade(base, amount),
+                    label=f"step {int(step):,}" if pd.notna(step) else member["model"],
+                )
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("layer / L")
+            ax.set_ylabel("agreement with final top-1\n(share of tokens)")
+            ax.legend(loc="upper left", title="checkpoint", title_fontsize=7)
+    handles: list[Any] = [
+        Line2D([], [], color="#555555", linestyle=style, label=METRIC_TITLES[metric].lower())
+        for metric, style in CHECKPOINT_METRICS
+    ]
+    if n_work > 1:
+        handles += _legend_handles(study, [], with_workloads=True)
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="#555555",
+            marker="|",
+            markersize=10,
+            linestyle="",
+            label="95% bootstrap CI",
+        )
+    )
+    _figure_legend(fig, handles)
+    return _save(fig, out_dir, stem)
+
+
+def _yerr(rows: pd.DataFrame, metric: str) -> np.ndarray | None:
+    low, high = rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"]
+    if low.isna().any() or high.isna().any():
+        return None
+    return np.vstack([(rows[metric] - low).clip(lower=0), (high - rows[metric]).clip(lower=0)])
+
+
+@_styled
+def saturation_hist(study: Study, out_dir: str | Path) -> list[Path]:
+    """Distribution of the saturation layer e_sat per model (rows), over layer / L.
+
+    Cell l of a model spans ((l-1)/L, l/L]; its colour is the share of tokens
+    with e_sat = l divided by the cell width 1/L (a density, comparable across
+    depths). The black tick marks the mean saturation layer E[e_sat]/L.
+    """
+    stem = "saturation_hist"
+    order = _model_order(study.summary)
+    if study.curves.empty or study.ok().empty:
+        return _single_message_figure(out_dir, stem, "no scored models in this study")
+    n_work = len(study.workloads)
+    fig, axes = _figure(1, n_work, 3.6, max(2.4, 1.0 + 0.24 * len(order)))
+    densities = {}
+    for workload in study.workloads:
+        for model in order:
+            curve = _curve(study, model, workload)
+            curve = curve[curve["layer"] >= 1]
+            total = curve["saturation_count"].sum() if not curve.empty else 0
+            if total > 0:
+                num_layers = int(curve["layer"].max())
+                densities[(model, workload)] = (
+                    num_layers,
+                    curve["layer"].to_numpy(),
+                    curve["saturation_count"].to_numpy() / total * num_layers,
+                )
+    vmax = max((d[2].max() for d in densities.values()), default=1.0)
+    norm = mcolors.PowerNorm(gamma=0.5, vmin=0, vmax=vmax)
+    cmap = plt.get_cmap("magma_r")
+    tick_colors = {m: arch_color(_meta(study.summary, m, "arch")) for m in order}
+    for w, workload in enumerate(study.workloads):
+        ax = axes[0, w]
+        rows = study.summary[study.summary["workload"] == workload]
+        for y, model in enumerate(order):
+            if (model, workload) not in densities:
+                status = _meta(rows, model, "status")
+                ax.text(
+                    0.5,
+                    y,
+                    "failed" if status == "failed" else "not scored",
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="#777777",
+                )
+                continue
+            num_layers, layers, density = densities[(model, workload)]
+            ax.broken_barh(
+                [((layer - 1) / num_layers, 1 / num_layers) for layer in layers],
+                (y - 0.42, 0.84),
+                facecolors=cmap(norm(density)),
+                edgecolor="none",
+            )
+            mean_layer = _meta(rows, model, "mean_saturation_layer")
+            if mean_layer is not None:
+                ax.plot(
+                    [mean_layer / num_layers] * 2,
+                    [y - 0.45, y + 0.45],
+                    color="black",
+                    linewidth=1.2,
+                )
+        ax.set_yticks(range(len(order)), order)
+        for label, model in zip(ax.get_yticklabels(), order, strict=True):
+            label.set_color(_shade(tick_colors[model], -0.25))
+        if w:
+            ax.tick_params(labelleft=False)
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("saturation layer e_sat / L")
+        ax.set_title("Saturation layer" + (f" · {workload}" if n_work > 1 else ""))
+        ax.grid(False)
+    mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(mappable, ax=axes[0, -1], label="density\n(share of tokens × L)", shrink=0.9)
+    handles = [Line2D([], [], color="black", linewidth=1.2, label="mean e_sat / L")]
+    handles += _legend_handles(study, study.summary["arch"], with_workloads=False)
+    _figure_legend(fig, handles)
+    return _save(fig, out_dir, stem)
+
+
+@_styled
+def tradeoff(study: Study, out_dir: str | Path) -> list[Path]:
+    """Held-out consistency vs savings of each model's threshold sweep, 99% policy marked.
+
+    The sweep is that of the measure behind ``savings_at_99`` (the score
+    JSON's ``best_measure["0.99"]``); the star is its calibration-chosen
+    threshold evaluated on the held-out documents. Intermediate checkpoints
+    are left out.
+    """
+    stem = "tradeoff"
+    if not study.headlines:
+        return _single_message_figure(out_dir, stem, "no score JSONs with sweeps in this study")
+    colors = model_colors(study.summary)
+    order = _model_order(study.ok())
+    n_work = len(study.workloads)
+    fig, axes = _figure(1, n_work, 3.8, 3.2)
+    handles: dict[str, Line2D] = {}
+    for w, workload in enumerate(study.workloads):
+        ax = axes[0, w]
+        shown = _curve_models(study.ok(workload))
+        for model in order:
+            data = study.headlines.get((model, workload))
+            if data is None or model not in shown:
+                continue
+            measure = data.get("best_measure", {}).get("0.99")
+            points = sorted(
+                (p["savings"], p["consistency"])
+                for p in data.get("sweeps", {}).get(measure) or []
+                if p.get("savings") is not None and p.get("consistency") is not None
+            )
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            style = "--" if _meta(study.ok(workload), model, "tuning") == "tuned" else "-"
+            ax.plot(xs, ys, color=colors[model], linestyle=style, linewidth=1.2)
+            handles.setdefault(
+                model,
+                Line2D([], [], color=colors[model], linestyle=style, label=f"{model} ({measure})"),
+            )
+            policy = data.get("policies", {}).get(measure, {}).get("0.99")
+            if policy:
+                s, c = policy["savings"]["estimate"], policy["consistency"]["estimate"]
+                if s is not None and c is not None:
+                    ax.plot(
+                        [s],
+                        [c],
+                        marker="*",
+                        markersize=9,
+                        color=colors[model],
+                        markeredgecolor="black",
+                        markeredgewidth=0.5,
+                        linestyle="",
+                    )
+        ax.axhline(0.99, color="#555555", linestyle=":", linewidth=0.9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(top=1.005)
+        ax.set_xlabel("savings (share of layers skipped)")
+        if w == 0:
+            ax.set_ylabel("consistency with the full model\n(share of tokens)")
+        ax.set_title("Held-out trade-off" + (f" · {workload}" if n_work > 1 else ""))
+    extra = [
+        Line2D(
+            [],
+            [],
+            color="#444444",
+            marker="*",
+            markersize=9,
+            linestyle="",
+            markeredgecolor="black",
+            markeredgewidth=0.5,
+            label="policy chosen for 99%\n(held-out)",
+        ),
+        Line2D([], [], color="#555555", linestyle=":", label="99% consistency"),
+    ]
+    entries = [*handles.values(), *extra]
+    fig.legend(
+        handles=entries,
+        loc="outside right upper",
+        ncol=1 if len(entries) <= 20 else 2,
+        title="model (exit measure)",
+    )
+    return _save(fig, out_dir, stem)
+
+
+#: Figure stem -> function (stems are fixed: tests, the Snakefile and the report use them).
+FIGURES: dict[str, Callable[[Study, str | Path], list[Path]]] = {
+    "agreement_curves": agreement_curves,
+    "release_trend": release_trend,
+    "arch_comparison": arch_comparison,
+    "params_trend": params_trend,
+    "base_vs_tuned": base_vs_tuned,
+    "checkpoints": checkpoints,
+    "saturation_hist": saturation_hist,
+    "tradeoff": tradeoff,
+}
+
+
+def render_all(study: Study, out_dir: str | Path, stems: Sequence[str] | None = None) -> list[Path]:
+    """Render the figures ``stems`` (default: all of :data:`FIGURES`) into ``out_dir``."""
+    stems = list(FIGURES) if stems is None else list(stems)
+    unknown = [s for s in stems if s not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure stem(s) {unknown}; known: {list(FIGURES)}")
+    paths = []
+    for stem in stems:
+        paths += FIGURES[stem](study, out_dir)
+    return paths
+
+
+def figures_from_files(
+    summary_path: str | Path,
+    curves_paths: Iterable[str | Path],
+    headline_paths: Iterable[str | Path],
+    statistics_path: str | Path | None,
+    out_dir: str | Path,
+    stems: Sequence[str] | None = None,
+) -> list[Path]:
+    """File-to-file entry point of the figures rule."""
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
+    study = load_study(summary_path, curves_paths, headline_paths, statistics_path)
+    return render_all(study, out_dir, stems)

@@ -1,0 +1,40 @@
+# Stage 5: one table of the whole study, and the statistics behind its claims.
+from exitbench.aggregate import METADATA_KEYS
+
+
+localrules:
+    aggregate,
+
+
+rule aggregate:
+    input:
+        scores=[f"results/scores/{model}/{workload}.json" for model, workload in PAIRS],
+        models=expand("results/models/{model}.json", model=MODELS),
+    output:
+        summary="results/summary.parquet",
+        summary_csv=report(
+            "results/summary.csv",
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
+        statistics=report(
+            "results/statistics.csv",
+            caption="../report/statistics.rst",
+            category="Tables",
+        ),
+        statistics_json="results/statistics.json",
+    log:
+        "results/logs/aggregate/aggregate.log",
+    conda:
+        "../../envs/exitbench.yaml"
+    params:
+        pairs=PAIRS,
+        models=MODELS,
+        # only what the summary shows: editing a model's resources reruns nothing here
+        metadata={
+            name: {key: entry[key] for key in METADATA_KEYS if key in entry}
+            for name, entry in config["models"].items()
+        },
+        seed=config["seed"],
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,63 @@
+# Stage 6: figures of the study (PDF for papers, PNG for the HTML report).
+
+
+localrules:
+    figures,
+
+
+rule figures:
+    input:
+        summary="results/summary.parquet",
+        statistics="results/statistics.json",
+        curves=[f"results/scores/{m}/{w}.parquet" for m, w in PAIRS],
+        headlines=[f"results/scores/{m}/{w}.json" for m, w in PAIRS],
+    output:
+        pdfs=expand("figures/{figure}.pdf", figure=FIGURES),
+        agreement_curves=report(
+            "figures/agreement_curves.png",
+            caption="../report/agreement_curves.rst",
+            category="1. Layer curves",
+        ),
+        saturation_hist=report(
+            "figures/saturation_hist.png",
+            caption="../report/saturation_hist.rst",
+            category="1. Layer curves",
+        ),
+        tradeoff=report(
+            "figures/tradeoff.png",
+            caption="../report/tradeoff.rst",
+            category="2. Exit policies",
+        ),
+        release_trend=report(
+            "figures/release_trend.png",
+            caption="../report/release_trend.rst",
+            category="3. Trends",
+        ),
+        params_trend=report(
+            "figures/params_trend.png",
+            caption="../report/params_trend.rst",
+            category="3. Trends",
+        ),
+        arch_comparison=report(
+            "figures/arch_comparison.png",
+            caption="../report/arch_comparison.rst",
+            category="4. Comparisons",
+        ),
+        base_vs_tuned=report(
+            "figures/base_vs_tuned.png",
+            caption="../report/base_vs_tuned.rst",
+            category="4. Comparisons",
+        ),
+        checkpoints=report(
+            "figures/checkpoints.png",
+            caption="../report/checkpoints.rst",
+            category="5. Training checkpoints",
+        ),
+    log:
+        "results/logs/figures/figures.log",
+    conda:
+        "../../envs/exitbench.yaml"
+    params:
+        figures=FIGURES,
+    script:
+        "../scripts/figures.py"

@@ -1,0 +1,86 @@
+# The embedded default's model zoo (exitbench.zoo): a byte-level BPE tokenizer, the encoded
+# training windows, then one job per run; the held-out documents are never trained on.
+import re
+
+from exitbench.config import ConfigError
+from exitbench.zoo import check_study, rule_settings, validate_zoo
+
+ZOO = validate_zoo(config.get("zoo") or {})
+_zoo_problems = check_study(config)
+if _zoo_problems:
+    raise ConfigError("invalid zoo configuration:\n  " + "\n  ".join(_zoo_problems))
+
+
+def zoo_base_input(wildcards):
+    """The base run's directory for a run with init_from (a tuned run), else nothing."""
+    base = ZOO["runs"][wildcards.run].get("init_from")
+    return [f"results/zoo/{base}"] if base else []
+
+
+rule zoo_tokenizer:
+    output:
+        directory("results/zoo/tokenizer"),
+    log:
+        "results/logs/zoo_tokenizer/tokenizer.log",
+    benchmark:
+        "results/benchmarks/zoo_tokenizer/tokenizer.tsv"
+    conda:
+        "../../envs/exitbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        zoo=rule_settings(ZOO, "tokenizer"),
+        seed=config["seed"],
+    script:
+        "../scripts/zoo_tokenizer.py"
+
+
+rule zoo_data:
+    input:
+        tokenizer="results/zoo/tokenizer",
+    output:
+        directory("results/zoo/data"),
+    log:
+        "results/logs/zoo_data/data.log",
+    benchmark:
+        "results/benchmarks/zoo_data/data.tsv"
+    conda:
+        "../../envs/exitbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        zoo=rule_settings(ZOO, "data"),
+        seed=config["seed"],
+    script:
+        "../scripts/zoo_data.py"
+
+
+rule zoo_train:
+    input:
+        tokenizer="results/zoo/tokenizer",
+        data="results/zoo/data",
+        base=zoo_base_input,
+    output:
+        directory("results/zoo/{run}"),
+    log:
+        "results/logs/zoo_train/{run}.log",
+    benchmark:
+        "results/benchmarks/zoo_train/{run}.tsv"
+    wildcard_constraints:
+        run="|".join(map(re.escape, ZOO["runs"])) or "(?!x)x",
+    retries: 1
+    conda:
+        "../../envs/exitbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        zoo=lambda wildcards: rule_settings(ZOO, wildcards.run),
+        seed=config["seed"],
+    script:
+        "../scripts/zoo_train.py"
