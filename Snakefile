@@ -22,6 +22,10 @@ include: "workflow/rules/figures.smk"
 report: "workflow/report/workflow.rst"
 
 
+onerror:
+    write_failure_summary()
+
+
 rule all:
     default_target: True
     input:

@@ -706,6 +706,25 @@ def write_statistics(
     write_json({"params": dict(params or {}), "rows": records}, json_path)
 
 
+def job_failure(log_dir: Path, model: str, workload: str) -> str | None:
+    """The first error line in a pair's job logs, stage by stage (describe_model,
+    tokenize, extract shards, score), or None if no log records an error."""
+    candidates = [
+        log_dir / "describe_model" / f"{model}.log",
+        log_dir / "tokenize" / model / f"{workload}.log",
+        *sorted((log_dir / "extract" / model / workload).glob("shard-*.log")),
+        log_dir / "score" / model / f"{workload}.log",
+    ]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if " ERROR " in line:
+                stage = path.relative_to(log_dir).parts[0]
+                return f"{stage}: {line.split(': ', 1)[-1].strip()}"
+    return None
+
+
 def aggregate_files(
     score_jsons: Mapping[tuple[str, str], str | Path],
     models: Mapping[str, Mapping[str, Any]],
@@ -716,9 +735,20 @@ def aggregate_files(
     statistics_json: str | Path,
     seed: int = 0,
     n_boot: int = 2000,
+    log_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    """File-to-file entry point of the aggregate rule; returns the summary."""
+    """File-to-file entry point of the aggregate rule; returns the summary.
+
+    With ``log_dir`` (the workflow's ``results/logs``), a failed pair's error
+    names the first failed job's own error line, not just the missing file.
+    """
     summary = build_summary(score_jsons, models, model_infos)
+    if log_dir is not None:
+        for index in summary.index[summary["status"] == "failed"]:
+            model, workload = summary.at[index, "model"], summary.at[index, "workload"]
+            reason = job_failure(Path(log_dir), model, workload)
+            if reason:
+                summary.at[index, "error"] = reason
     write_summary(summary, summary_parquet, summary_csv)
     n_failed = int((summary["status"] == "failed").sum())
     log.info(

@@ -29,6 +29,7 @@ rule aggregate:
         "../../envs/exitbench.yaml"
     params:
         pairs=PAIRS,
+        log_dir="results/logs",
         models=MODELS,
         # only what the summary shows: editing a model's resources reruns nothing here
         metadata={

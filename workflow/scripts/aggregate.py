@@ -13,4 +13,5 @@ aggregate.aggregate_files(
     statistics_csv=snakemake.output.statistics,  # noqa: F821
     statistics_json=snakemake.output.statistics_json,  # noqa: F821
     seed=snakemake.params.seed,  # noqa: F821
+    log_dir=snakemake.params.log_dir,  # noqa: F821
 )
