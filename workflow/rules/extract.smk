@@ -5,7 +5,8 @@ from exitbench.resources import extract_resources
 def extract_resource(key):
     def get(wildcards, attempt):
         entry = config["models"][wildcards.model]
-        return extract_resources(entry, attempt, DEFAULT_GPU)[key]
+        # None (no such resource) where the model names no GPU type
+        return extract_resources(entry, attempt, DEFAULT_GPU).get(key)
 
     return get
 
@@ -33,6 +34,7 @@ rule extract:
         mem_mb=extract_resource("mem_mb"),
         runtime=extract_resource("runtime"),
         cpus_per_gpu=extract_resource("cpus_per_gpu"),
+        gpu_model=extract_resource("gpu_model"),
     params:
         source=model_source,
         extract=config["extract"],
