@@ -121,9 +121,7 @@ def write_table(table: pa.Table, path: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def read_table(
-    path: str | os.PathLike, name: str, columns: list[str] | None = None
-) -> pa.Table:
+def read_table(path: str | os.PathLike, name: str, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file written for schema ``name``.
 
     A truncated or corrupt file, or one whose columns do not match the schema,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from exitbench.config import ConfigError, resolve_path, validate_config
 from exitbench.registry import fill_metadata, load_registry
+from exitbench.resources import extract_resources
 from exitbench.zoo import zoo_run_dir
 from snakemake.logging import logger
 
@@ -118,3 +119,17 @@ def write_failure_summary():
             f"  {r.model} / {r.workload}: {r.error}" for r in failed.itertuples()
         )
     )
+
+
+DEFAULT_GPU = int(config.get("resources", {}).get("gpu", 0))
+
+
+def extract_resource(key):
+    """Per-model cluster request for an extract job (exitbench.resources), by attempt."""
+
+    def get(wildcards, attempt):
+        entry = config["models"][wildcards.model]
+        # None (no such resource) where the model names no GPU type
+        return extract_resources(entry, attempt, DEFAULT_GPU).get(key)
+
+    return get

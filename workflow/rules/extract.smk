@@ -1,19 +1,4 @@
 # Stage 3: the logit lens, one shard of windows per job (GPU where present).
-from exitbench.resources import extract_resources
-
-
-def extract_resource(key):
-    def get(wildcards, attempt):
-        entry = config["models"][wildcards.model]
-        # None (no such resource) where the model names no GPU type
-        return extract_resources(entry, attempt, DEFAULT_GPU).get(key)
-
-    return get
-
-
-DEFAULT_GPU = int(config.get("resources", {}).get("gpu", 0))
-
-
 rule extract:
     input:
         tokens="results/tokens/{model}/{workload}.parquet",
