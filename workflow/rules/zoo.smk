@@ -3,18 +3,19 @@
 import re
 
 from exitbench.config import ConfigError
-from exitbench.zoo import check_study, rule_settings, validate_zoo
+from exitbench.zoo import (
+    base_inputs,
+    check_study,
+    rule_settings,
+    run_priorities,
+    validate_zoo,
+)
 
 ZOO = validate_zoo(config.get("zoo") or {})
+ZOO_PRIORITY = run_priorities(ZOO)  # longest runs first: they bound the zoo's wall time
 _zoo_problems = check_study(config)
 if _zoo_problems:
     raise ConfigError("invalid zoo configuration:\n  " + "\n  ".join(_zoo_problems))
-
-
-def zoo_base_input(wildcards):
-    """The base run's directory for a run with init_from (a tuned run), else nothing."""
-    base = ZOO["runs"][wildcards.run].get("init_from")
-    return [f"results/zoo/{base}"] if base else []
 
 
 rule zoo_tokenizer:
@@ -63,7 +64,7 @@ rule zoo_train:
     input:
         tokenizer="results/zoo/tokenizer",
         data="results/zoo/data",
-        base=zoo_base_input,
+        base=lambda wildcards: base_inputs(ZOO, wildcards.run),
     output:
         directory("results/zoo/{run}"),
     log:
@@ -72,6 +73,7 @@ rule zoo_train:
         "results/benchmarks/zoo_train/{run}.tsv"
     wildcard_constraints:
         run="|".join(map(re.escape, ZOO["runs"])) or "(?!x)x",
+    priority: lambda wildcards: ZOO_PRIORITY[wildcards.run]
     retries: 1
     conda:
         "../../envs/exitbench.yaml"

@@ -1,0 +1,387 @@
+"""The model zoo: tokenizer, data, recipes, determinism, tuning, checkpoints, held-out split."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from exitbench import workloads, zoo
+from exitbench.config import ConfigError, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = 3
+TINY = {"hidden_size": 16, "num_layers": 2, "num_heads": 2}
+ZOO = {
+    "corpora": {"python-docs": 1},
+    "heldout_fraction": 0.25,
+    "max_docs": 40,
+    "tokenizer": {"vocab_size": 320, "max_chars": 200_000},
+    "training": {"seq_len": 32, "batch_size": 2, "train_tokens": 320, "learning_rate": 0.01},
+    "runs": {
+        "gpt2-t": {"recipe": "gpt2", **TINY},
+        "llama-t": {"recipe": "llama", **TINY, "checkpoints": [1, 3]},
+        "moe-t": {"recipe": "mixtral", **TINY, "num_experts": 4, "experts_per_token": 2},
+        "olmoe-t": {"recipe": "olmoe", **TINY, "num_experts": 4, "experts_per_token": 2},
+        "mamba2-t": {
+            "recipe": "mamba2",
+            "hidden_size": 16,
+            "num_layers": 2,
+            "head_dim": 8,
+            "state_size": 8,
+            "chunk_size": 16,
+        },
+        "llama-t-qa": {"init_from": "llama-t", "task": "qa", "train_tokens": 128},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """Tokenizer, data and every run of ZOO, trained once for the module."""
+    root = tmp_path_factory.mktemp("zoo")
+    tokenizer, data = root / "tokenizer", root / "data"
+    zoo.train_tokenizer(ZOO, SEED, tokenizer)
+    zoo.build_data(ZOO, SEED, tokenizer, data)
+    dirs = {"tokenizer": tokenizer, "data": data}
+    for run, spec in ZOO["runs"].items():
+        base = dirs.get(spec.get("init_from"))
+        dirs[run] = root / run
+        zoo.train_run(run, ZOO, SEED, tokenizer, data, dirs[run], base_dir=base)
+    return dirs
+
+
+def _load_and_run(path: Path) -> torch.Tensor:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ids = tokenizer("def f(x):\n    return x", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("run", ["gpt2-t", "llama-t", "moe-t", "olmoe-t", "mamba2-t", "llama-t-qa"])
+def test_run_outputs_load_and_give_finite_logits(built, run):
+    out = built[run]
+    logits = _load_and_run(out / "final")
+    assert torch.isfinite(logits).all()
+    assert logits.shape[-1] == len(AutoTokenizer.from_pretrained(built["tokenizer"]))
+    rows = zoo.loss_curve(out)
+    steps = zoo.total_steps(zoo.validate_zoo(ZOO), run)
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))
+    assert rows[-1]["tokens"] == steps * 2 * 32
+    assert all(math.isfinite(row["loss"]) and row["lr"] > 0 for row in rows)
+    assert (out / "loss.png").stat().st_size > 0
+    info = yaml.safe_load((out / "train.json").read_text())  # JSON is YAML
+    assert info["run"] == run and info["seed"] == SEED and info["tokens_seen"] == steps * 64
+    assert {"torch", "transformers", "python"} <= set(info["versions"])
+    assert info["data_sources"]
+    for source in info["data_sources"].values():
+        assert len(source["corpus_sha256"]) == 64
+
+
+def test_recipes_have_their_architecture(built):
+    types = {
+        run: AutoModelForCausalLM.from_pretrained(built[run] / "final").config.model_type
+        for run in ("gpt2-t", "llama-t", "moe-t", "olmoe-t", "mamba2-t", "llama-t-qa")
+    }
+    assert types == {
+        "gpt2-t": "gpt2",
+        "llama-t": "llama",
+        "moe-t": "mixtral",
+        "olmoe-t": "olmoe",
+        "mamba2-t": "mamba2",
+        "llama-t-qa": "llama",
+    }
+
+
+def test_moe_active_parameters_count_routed_experts_only(built):
+    model = AutoModelForCausalLM.from_pretrained(built["moe-t"] / "final")
+    counts = zoo.count_parameters(model)
+    experts = sum(
+        p.numel() for name, p in model.named_parameters() if ".experts." in name
+    )  # 4 experts, 2 routed: half of the expert weights are idle per token
+    assert counts["total_params"] == sum(p.numel() for p in model.parameters())
+    assert counts["active_params"] == counts["total_params"] - experts // 2
+    dense = AutoModelForCausalLM.from_pretrained(built["llama-t"] / "final")
+    dense_counts = zoo.count_parameters(dense)
+    assert dense_counts["active_params"] == dense_counts["total_params"]
+
+
+def test_training_is_deterministic(built, tmp_path):
+    again = tmp_path / "llama-t"
+    zoo.train_run("llama-t", ZOO, SEED, built["tokenizer"], built["data"], again)
+    first = built["llama-t"]
+    assert (again / "loss.csv").read_bytes() == (first / "loss.csv").read_bytes()
+    for sub in ("final", "checkpoints/step-1"):
+        assert (again / sub / "model.safetensors").read_bytes() == (
+            first / sub / "model.safetensors"
+        ).read_bytes()
+
+
+def test_another_seed_changes_the_run(built, tmp_path):
+    other = tmp_path / "llama-t"
+    zoo.train_run("llama-t", ZOO, SEED + 1, built["tokenizer"], built["data"], other)
+    assert (other / "loss.csv").read_bytes() != (built["llama-t"] / "loss.csv").read_bytes()
+
+
+def test_tuned_run_starts_from_the_base_weights(built):
+    base = AutoModelForCausalLM.from_pretrained(built["llama-t"] / "final")
+    tuned_info = yaml.safe_load((built["llama-t-qa"] / "train.json").read_text())
+    assert tuned_info["init_weights_sha256"] == zoo.state_sha256(base)
+    assert tuned_info["final_weights_sha256"] != tuned_info["init_weights_sha256"]
+    assert tuned_info["init_from"] == "llama-t" and tuned_info["task"] == "qa"
+    assert list(tuned_info["data_sources"]) == ["qa"]
+    scratch = yaml.safe_load((built["llama-t"] / "train.json").read_text())
+    assert scratch["init_weights_sha256"] != zoo.state_sha256(base)
+    # The tuned model starts where pretraining ended, not at ln(vocab).
+    assert tuned_info["initial_loss"] < math.log(320) - 0.05
+
+
+def test_tuned_run_rejects_a_base_with_another_tokenizer(built, tmp_path):
+    other_zoo = copy.deepcopy(ZOO)
+    other_zoo["tokenizer"]["vocab_size"] = 330
+    zoo.train_tokenizer(other_zoo, SEED, tmp_path / "tok")
+    with pytest.raises(zoo.ZooError, match="another tokenizer"):
+        zoo.train_run(
+            "llama-t-qa",
+            other_zoo,
+            SEED,
+            tmp_path / "tok",
+            built["data"],
+            tmp_path / "qa",
+            base_dir=built["llama-t"],
+        )
+
+
+def test_checkpoints_exist_at_the_configured_steps(built):
+    out = built["llama-t"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-3"]
+    for step in ("step-1", "step-3"):
+        assert torch.isfinite(_load_and_run(out / "checkpoints" / step)).all()
+    first = (out / "checkpoints/step-1/model.safetensors").read_bytes()
+    assert first != (out / "checkpoints/step-3/model.safetensors").read_bytes()
+    assert first != (out / "final/model.safetensors").read_bytes()
+    assert not (built["gpt2-t"] / "checkpoints").exists()
+
+
+def test_tokenizer_is_a_fast_bpe_with_endoftext(built):
+    tokenizer = AutoTokenizer.from_pretrained(built["tokenizer"])
+    assert len(tokenizer) == 320
+    assert tokenizer.bos_token == tokenizer.eos_token == "<|endoftext|>"
+    text = "Assignment statements bind names."
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    again = built["tokenizer"].parent / "tokenizer-again"
+    zoo.train_tokenizer(ZOO, SEED, again)
+    assert (again / "tokenizer.json").read_bytes() == (
+        built["tokenizer"] / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_heldout_documents_are_never_trained_on():
+    settings = zoo.validate_zoo(ZOO)
+    texts, info = zoo.source_texts(settings, SEED)
+    spec = {"source": "embedded", "name": "python-docs", "heldout_fraction": 0.25}
+    heldout, _ = workloads.load_documents("docs", {**spec, "subset": "heldout"}, SEED)
+    train_docs = zoo.training_documents(settings, SEED)["python-docs"][0]
+    assert len(heldout) > 0 and len(train_docs) == 40
+    assert set(train_docs["doc_id"]).isdisjoint(heldout["doc_id"])
+    assert all(workloads.split_of(d, 0.25, SEED) == "train" for d in train_docs["doc_id"])
+    training_text = "\x00".join(texts["python-docs"] + texts["qa"])
+    for text in heldout["text"]:
+        assert text not in training_text
+        qa = zoo.qa_example(text)
+        assert qa is None or qa not in texts["qa"]
+    assert info["qa"]["n_pairs"] == len(texts["qa"]) > 0
+
+
+def test_window_plan_is_prefix_stable_and_mixes_by_weight():
+    import numpy as np
+
+    windows = {"a": np.arange(40).reshape(10, 4), "b": 100 + np.arange(12).reshape(3, 4)}
+    weights = {"a": 0.75, "b": 0.25}
+    long, counts = zoo.window_plan(windows, weights, 400, seed=1)
+    short, _ = zoo.window_plan(windows, weights, 50, seed=1)
+    assert (long[:50] == short).all()
+    assert counts["a"]["windows_used"] + counts["b"]["windows_used"] == 400
+    assert 0.65 < counts["a"]["windows_used"] / 400 < 0.85
+    assert counts["b"]["epochs"] > 1
+    # each epoch of a source visits every window once
+    first_epoch_a = long[long[:, 0] < 100][:10, 0]
+    assert sorted(first_epoch_a) == list(range(0, 40, 4))
+
+
+def test_qa_example_format():
+    text = (
+        'The "assert" statement\n**********************\n\nAssert statements are\nhandy.\n\nMore.'
+    )
+    assert zoo.qa_example(text) == (
+        'Q: What is the "assert" statement?\nA: Assert statements are handy.'
+    )
+    assert zoo.qa_example("Title only\n*****\n") is None
+
+
+def test_learning_rate_schedule():
+    training = {
+        "learning_rate": 1.0,
+        "min_lr_ratio": 0.1,
+        "warmup_fraction": 0.1,
+        "schedule": "cosine",
+    }
+    assert zoo.learning_rate(1, 100, training) == pytest.approx(0.1)
+    assert zoo.learning_rate(10, 100, training) == pytest.approx(1.0)
+    assert zoo.learning_rate(55, 100, training) == pytest.approx(0.55)
+    assert zoo.learning_rate(100, 100, training) == pytest.approx(0.1)
+    linear = {**training, "schedule": "linear"}
+    assert zoo.learning_rate(55, 100, linear) == pytest.approx(0.55)
+
+
+def test_zoo_run_dir():
+    assert zoo.zoo_run_dir("results/zoo/llama-s/final") == "results/zoo/llama-s"
+    assert zoo.zoo_run_dir("./results/zoo/llama-s/checkpoints/step-50") == "results/zoo/llama-s"
+    assert zoo.zoo_run_dir("results/zoo/tokenizer") is None
+    assert zoo.zoo_run_dir("results/zoo/data") is None
+    assert zoo.zoo_run_dir("models/gpt2") is None
+    assert zoo.zoo_run_dir("/abs/results/zoo/x/final") is None
+
+
+@pytest.mark.parametrize(
+    ("run", "key"),
+    [
+        ({"recipe": "llama", "hidden_size": "big", "num_layers": 2}, "zoo.runs.bad.hidden_size"),
+        ({"recipe": "llama", "hiden_size": 16, "num_layers": 2}, "zoo.runs.bad"),
+        ({"recipe": "transformer", **TINY}, "zoo.runs.bad.recipe"),
+        ({"num_layers": 2}, "zoo.runs.bad"),
+        ({"recipe": "llama", **TINY, "checkpoints": [0]}, "zoo.runs.bad.checkpoints.0"),
+    ],
+)
+def test_schema_rejects_a_bad_run_naming_the_key(run, key):
+    bad = {**copy.deepcopy(ZOO), "runs": {"bad": run}}
+    with pytest.raises(zoo.ZooError, match=f"config key '{key}'"):
+        zoo.validate_zoo(bad)
+    config = {
+        "models": {"m": {"path": "results/zoo/bad/final"}},
+        "workloads": {"w": {"source": "embedded", "name": "python-docs"}},
+        "zoo": bad,
+    }
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "message"),
+    [
+        ({"t": {"init_from": "nope"}}, "zoo.runs.t.init_from", "not a run"),
+        ({"t": {"init_from": "llama-t", "hidden_size": 8}}, "zoo.runs.t", "remove hidden_size"),
+        ({"t": {"init_from": "u"}, "u": {"init_from": "t"}}, "zoo.runs.t.init_from", "cycle"),
+        ({"t": {"recipe": "llama", **TINY, "num_heads": 3}}, "zoo.runs.t.num_heads", "multiple"),
+        (
+            {"t": {"recipe": "llama", **TINY, "checkpoints": [99]}},
+            "zoo.runs.t.checkpoints",
+            "after",
+        ),
+        ({"t": {"recipe": "mixtral", **TINY}}, "zoo.runs.t.num_experts", "needs"),
+    ],
+)
+def test_cross_checks_name_the_key(change, key, message):
+    bad = copy.deepcopy(ZOO)
+    bad["runs"].update(change)
+    with pytest.raises(zoo.ZooError, match=f"'{key}'.*{message}"):
+        zoo.validate_zoo(bad)
+
+
+def test_check_study_names_model_paths_and_heldout_fractions():
+    config = {
+        "models": {
+            "ok": {"path": "results/zoo/llama-t/final"},
+            "ckpt": {"path": "results/zoo/llama-t/checkpoints/step-3"},
+            "late": {"path": "results/zoo/llama-t/checkpoints/step-2"},
+            "ghost": {"path": "results/zoo/ghost/final"},
+            "hub": {"hf_id": "org/model"},
+        },
+        "workloads": {
+            "docs": {"source": "embedded", "name": "python-docs", "subset": "heldout"},
+            "same": {
+                "source": "embedded",
+                "name": "python-code",
+                "subset": "heldout",
+                "heldout_fraction": 0.25,
+            },
+        },
+        "zoo": zoo.validate_zoo(ZOO),
+    }
+    problems = "\n".join(zoo.check_study(config))
+    assert "'models.late.path'" in problems and "'models.ghost.path'" in problems
+    assert "'workloads.docs.heldout_fraction'" in problems
+    assert "models.ok" not in problems and "models.ckpt" not in problems
+    assert "workloads.same" not in problems
+
+
+def test_rule_settings_keep_runs_independent():
+    settings = zoo.validate_zoo(ZOO)
+    tuned = zoo.rule_settings(settings, "llama-t-qa")
+    assert set(tuned["runs"]) == {"llama-t-qa", "llama-t"}
+    edited = copy.deepcopy(settings)
+    edited["runs"]["gpt2-t"]["hidden_size"] = 32
+    assert zoo.rule_settings(edited, "llama-t") == zoo.rule_settings(settings, "llama-t")
+    assert zoo.rule_settings(edited, "tokenizer") == zoo.rule_settings(settings, "tokenizer")
+    assert zoo.rule_settings(edited, "data") == zoo.rule_settings(settings, "data")
+
+
+def test_run_priorities_start_the_longest_runs_first():
+    settings = zoo.validate_zoo(ZOO)
+    priorities = zoo.run_priorities(settings)
+    assert sorted(priorities.values()) == list(range(1, len(ZOO["runs"]) + 1))
+    assert priorities["llama-t-qa"] == 1  # 128 tokens: the cheapest
+    assert priorities["mamba2-t"] > priorities["llama-t"]
+    assert zoo.base_inputs(settings, "llama-t-qa") == ["results/zoo/llama-t"]
+    assert zoo.base_inputs(settings, "llama-t") == []
+
+
+def test_zoo_rules_dry_run(tmp_path):
+    """The zoo rules' DAG: tokenizer -> data -> runs, the tuned run after its base."""
+    config = {
+        "seed": SEED,
+        "models": {"m": {"path": "results/zoo/llama-t-qa/final"}},
+        "workloads": {
+            "w": {
+                "source": "embedded",
+                "name": "python-docs",
+                "subset": "heldout",
+                "heldout_fraction": 0.25,
+            }
+        },
+        "zoo": ZOO,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "Snakefile").write_text(
+        textwrap.dedent(
+            f"""
+            configfile: "config.yaml"
+            include: "{REPO}/workflow/rules/zoo.smk"
+            rule all:
+                input: "results/zoo/llama-t-qa", "results/zoo/mamba2-t"
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--quiet", "rules"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    assert counts == {"all": 1, "zoo_data": 1, "zoo_tokenizer": 1, "zoo_train": 3}
