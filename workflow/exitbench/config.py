@@ -40,7 +40,8 @@ def _with_defaults(validator_class: type) -> type:
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+#: Draft 2020-12 validator that also fills each property's ``default`` (config and zoo).
+DefaultsValidator = _with_defaults(jsonschema.Draft202012Validator)
 
 
 def key_path(error: jsonschema.ValidationError) -> str:
@@ -78,10 +79,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     Raises :class:`ConfigError` naming the offending key path(s).
     """
     config = copy.deepcopy(dict(config))
-    _raise_first(list(_Validator(_load_yaml_schema("config.schema.yaml")).iter_errors(config)))
+    _raise_first(list(DefaultsValidator(_load_yaml_schema("config.schema.yaml")).iter_errors(config)))
     if "zoo" in config and (SCHEMA_DIR / "zoo.schema.yaml").exists():
         zoo_schema = _load_yaml_schema("zoo.schema.yaml")
-        _raise_first(list(_Validator(zoo_schema).iter_errors(config["zoo"])), prefix="zoo")
+        _raise_first(list(DefaultsValidator(zoo_schema).iter_errors(config["zoo"])), prefix="zoo")
     _check_references(config)
     return config
 

@@ -56,12 +56,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
 from exitbench import provenance, workloads
+from exitbench.config import DefaultsValidator
 
 if TYPE_CHECKING:  # torch is imported where used, so Snakefiles import this module quickly
     import torch
@@ -118,21 +118,6 @@ def zoo_run_dir(path: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------- config
 
 
-def _defaults_validator() -> type:
-    """A Draft 2020-12 validator that also fills each property's ``default``."""
-    base = jsonschema.Draft202012Validator
-    validate_properties = base.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for key, subschema in properties.items():
-                if "default" in subschema and key not in instance:
-                    instance[key] = copy.deepcopy(subschema["default"])
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": set_defaults})
-
-
 def validate_zoo(zoo: dict[str, Any]) -> dict[str, Any]:
     """A validated copy of the config's ``zoo:`` section with defaults filled in.
 
@@ -144,7 +129,7 @@ def validate_zoo(zoo: dict[str, Any]) -> dict[str, Any]:
     zoo = copy.deepcopy(dict(zoo))
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     errors = sorted(
-        _defaults_validator()(schema).iter_errors(zoo), key=lambda e: list(map(str, e.path))
+        DefaultsValidator(schema).iter_errors(zoo), key=lambda e: list(map(str, e.path))
     )
     if errors:
         lines = []
