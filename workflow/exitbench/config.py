@@ -79,7 +79,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     Raises :class:`ConfigError` naming the offending key path(s).
     """
     config = copy.deepcopy(dict(config))
-    _raise_first(list(DefaultsValidator(_load_yaml_schema("config.schema.yaml")).iter_errors(config)))
+    _raise_first(
+        list(DefaultsValidator(_load_yaml_schema("config.schema.yaml")).iter_errors(config))
+    )
     if "zoo" in config and (SCHEMA_DIR / "zoo.schema.yaml").exists():
         zoo_schema = _load_yaml_schema("zoo.schema.yaml")
         _raise_first(list(DefaultsValidator(zoo_schema).iter_errors(config["zoo"])), prefix="zoo")
