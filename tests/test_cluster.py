@@ -9,28 +9,13 @@ through SLURM and that the scores are byte-identical to a local run.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 
-
-def _load_harness():
-    name = "exitbench_cluster_harness"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "cluster" / "harness.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-harness = _load_harness()
 log = logging.getLogger(__name__)
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

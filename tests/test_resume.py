@@ -3,29 +3,15 @@ shard on disk, a model whose weights are corrupt (--keep-going)."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 
-
-def _load_harness():
-    name = "exitbench_cluster_harness"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "cluster" / "harness.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-harness = _load_harness()
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow
 
