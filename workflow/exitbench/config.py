@@ -89,6 +89,14 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def section_defaults(section: str) -> dict[str, Any]:
+    """The schema's defaults of the top-level config section ``section`` (``score``, ...)."""
+    values: dict[str, Any] = {}
+    schema = _load_yaml_schema("config.schema.yaml")["properties"][section]
+    _raise_first(list(DefaultsValidator(schema).iter_errors(values)), prefix=section)
+    return values
+
+
 def _check_references(config: dict[str, Any]) -> None:
     models = config["models"]
     for name, entry in models.items():
