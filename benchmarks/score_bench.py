@@ -4,7 +4,7 @@ Builds ``--tokens`` tokens x ``--layers`` (+ layer 0) rows of plausible lens
 values (each token saturates at a random layer; confidence grows with depth),
 writes them as Parquet shards through ``exitbench.tables``, then times
 
-(a) reading only the columns the score stage needs (``score.LENS_COLUMNS``), and
+(a) reading only the columns the score stage needs (``shards.LENS_COLUMNS``), and
 (b) the full scoring (read, pivot, curves, policies, bootstrap),
 
 and prints rows/s of both and their ratio (goal: (b) within 3x of (a)).
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from exitbench import score, tables
+from exitbench import score, shards, tables
+from exitbench.config import section_defaults
 
 log = logging.getLogger("score_bench")
 
@@ -158,7 +159,7 @@ def main() -> None:
         log.info(
             "wrote %d rows in %d shards in %.1f s", rows, len(paths), time.perf_counter() - start
         )
-        params = {"bootstrap": args.bootstrap, "seq_len": 256}
+        params = {**section_defaults("score"), "bootstrap": args.bootstrap, "seq_len": 256}
         read_times, score_times = [], []
         for _ in range(args.repeats):
             read_times.append(_timed(lambda: [_read(path) for path in paths]))
@@ -184,7 +185,7 @@ def main() -> None:
 
 
 def _read(path: Path) -> pa.Table:
-    return tables.read_table(path, "lens", columns=score.LENS_COLUMNS)
+    return tables.read_table(path, "lens", columns=shards.LENS_COLUMNS)
 
 
 def _timed(function) -> tuple[float, float]:

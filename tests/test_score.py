@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from exitbench import metrics, score, tables
+from exitbench import metrics, score, shards, tables
+from exitbench.config import section_defaults
 from exitbench.tables import TableError
 
 LLAMA = {
@@ -21,6 +23,11 @@ LLAMA = {
     "intermediate_size": 128,
     "vocab_size": 100,
 }
+
+
+def params(**overrides) -> dict:
+    """The config's score: section with its schema defaults, and ``overrides``."""
+    return {**section_defaults("score"), **overrides}
 
 
 def build(
@@ -123,7 +130,7 @@ def hand_case(tmp_path: Path, **kwargs):
 
 def test_known_answers(tmp_path):
     paths, tokens, info = hand_case(tmp_path)
-    table, summary = score.score_lens(paths, tokens, info, {"bootstrap": 50}, seed=0)
+    table, summary = score.score_lens(paths, tokens, info, params(bootstrap=50), seed=0)
     rows = table.to_pylist()
     assert [r["layer"] for r in rows] == [0, 1, 2, 3, 4]
     # e_sat = 3, 4, 1, 2, 4, 1 ; e_first = 3, 2, 1, 2, 4, 1
@@ -162,7 +169,7 @@ def test_perfect_confidence_policy_matches_oracle_on_heldout(tmp_path):
     maxprob = np.where(depth >= saturation[:, None], 0.99, 0.1).astype(np.float32)
     gold = np.full(n_tokens, 3)
     paths, tokens, info = build(tmp_path, windows, top1, gold, layers, maxprob=maxprob)
-    _, summary = score.score_lens(paths, tokens, info, {"bootstrap": 20}, seed=0)
+    _, summary = score.score_lens(paths, tokens, info, params(bootstrap=20), seed=0)
     policy = summary["policies"]["maxprob"]["0.99"]
     assert policy["threshold"] == pytest.approx(0.99)
     assert policy["consistency"]["estimate"] == 1.0
@@ -195,7 +202,7 @@ def test_rerun_is_byte_identical_and_order_independent(tmp_path):
     )
     outputs = []
     for run in range(2):
-        table, summary = score.score_lens(paths, tokens, info, {"bootstrap": 100}, seed=3)
+        table, summary = score.score_lens(paths, tokens, info, params(bootstrap=100), seed=3)
         out = tmp_path / f"run{run}"
         score.write_scores(table, summary, out / "s.parquet", out / "s.json", {"seed": 3})
         outputs.append(((out / "s.parquet").read_bytes(), (out / "s.json").read_bytes()))
@@ -211,7 +218,7 @@ def test_rerun_is_byte_identical_and_order_independent(tmp_path):
         shards=[list(range(12))],
         shuffle=True,
     )
-    table2, summary2 = score.score_lens(paths2, tokens2, info2, {"bootstrap": 100}, seed=3)
+    table2, summary2 = score.score_lens(paths2, tokens2, info2, params(bootstrap=100), seed=3)
     out = tmp_path / "run_shuffled"
     score.write_scores(table2, summary2, out / "s.parquet", out / "s.json", {"seed": 3})
     assert (out / "s.json").read_bytes() == outputs[0][1]
@@ -225,7 +232,7 @@ def test_truncated_shard_fails_naming_its_path(tmp_path):
     data = paths[0].read_bytes()
     paths[0].write_bytes(data[: len(data) // 2])
     with pytest.raises(TableError, match=str(paths[0])):
-        score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+        score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
 
 
 def test_shard_missing_a_layer_fails_clearly(tmp_path):
@@ -233,8 +240,8 @@ def test_shard_missing_a_layer_fails_clearly(tmp_path):
     table = tables.read_table(paths[0], "lens")
     keep = np.asarray(table.column("layer")) != 2
     tables.write_table(table.filter(pa.array(keep)), paths[0], "lens")
-    with pytest.raises(score.ScoreError, match=r"shard-0\.parquet.*missing layer\(s\) \[2\]"):
-        score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+    with pytest.raises(shards.ShardError, match=r"shard-0\.parquet.*missing layer\(s\) \[2\]"):
+        score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
 
 
 def test_shard_missing_rows_or_windows_fails_clearly(tmp_path):
@@ -243,14 +250,14 @@ def test_shard_missing_rows_or_windows_fails_clearly(tmp_path):
     table = tables.read_table(paths[1], "lens")
     keep = np.asarray(table.column("pos")) != 1
     tables.write_table(table.filter(pa.array(keep)), paths[1], "lens")
-    with pytest.raises(score.ScoreError, match=r"shard-1\.parquet: \d+ rows, expected"):
-        score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+    with pytest.raises(shards.ShardError, match=r"shard-1\.parquet: \d+ rows, expected"):
+        score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
     # a whole window absent from every shard
-    with pytest.raises(score.ScoreError, match="seq_id=1 .*no shard has any row"):
-        score.score_lens(paths[:1], tokens, info, {"bootstrap": 10}, seed=0)
+    with pytest.raises(shards.ShardError, match="seq_id=1 .*no shard has any row"):
+        score.score_lens(paths[:1], tokens, info, params(bootstrap=10), seed=0)
     # the same window in two shards
-    with pytest.raises(score.ScoreError, match="duplicate"):
-        score.score_lens([paths[0], paths[0]], tokens, info, {"bootstrap": 10}, seed=0)
+    with pytest.raises(shards.ShardError, match="duplicate"):
+        score.score_lens([paths[0], paths[0]], tokens, info, params(bootstrap=10), seed=0)
 
 
 def test_ssm_layers_without_embeddings_and_without_flop_model(tmp_path):
@@ -259,7 +266,7 @@ def test_ssm_layers_without_embeddings_and_without_flop_model(tmp_path):
     paths, tokens, info = build(
         tmp_path, windows, top1, np.array([7, -1, 7, -1]), layers=[1, 2, 3], config=None
     )
-    table, summary = score.score_lens(paths, tokens, info, {"bootstrap": 0}, seed=0)
+    table, summary = score.score_lens(paths, tokens, info, params(bootstrap=0), seed=0)
     rows = table.to_pylist()
     assert [r["layer"] for r in rows] == [1, 2, 3]
     assert [r["saturation_count"] for r in rows] == [1, 1, 2]
@@ -279,7 +286,7 @@ def test_ssm_layers_without_embeddings_and_without_flop_model(tmp_path):
 
 def test_summary_schema_rejects_a_broken_summary(tmp_path):
     paths, tokens, info = hand_case(tmp_path)
-    _, summary = score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+    _, summary = score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
     del summary["headline"]["savings_at_95"]
     with pytest.raises(score.ScoreError, match="savings_at_95"):
         score.validate_headline(summary)
@@ -307,17 +314,17 @@ def test_scores_real_extract_shards(tmp_path, tiny_model_dirs, kind):
         }
     )
     tokens = tables.write_table(tokens_table, tmp_path / "tokens.parquet", "tokens")
-    shards = [tmp_path / f"shard-{k}.parquet" for k in range(2)]
-    for k, shard in enumerate(shards):
+    shard_paths = [tmp_path / f"shard-{k}.parquet" for k in range(2)]
+    for k, shard in enumerate(shard_paths):
         extract.extract_shard(kind, entry, tokens, shard, k, 3, 3, 4, 64)
     (tmp_path / "model.json").write_text(json.dumps(info))
     summary = score.score_files(
-        shards,
+        shard_paths,
         tokens,
         tmp_path / "model.json",
         tmp_path / "out.parquet",
         tmp_path / "out.json",
-        {"bootstrap": 20, "seq_len": 12},
+        params(bootstrap=20, seq_len=12),
         seed=0,
     )
     curves = tables.read_table(tmp_path / "out.parquet", "scores").to_pylist()
@@ -327,3 +334,195 @@ def test_scores_real_extract_shards(tmp_path, tiny_model_dirs, kind):
     assert summary["n_tokens"] == sum(lengths) and summary["n_documents"] == 4
     assert len(summary["flops"]["per_layer"]) == info["num_layers"]
     assert 0 <= summary["headline"]["oracle_savings"]["estimate"] < 1
+
+
+# ---------------------------------------------------------------- named steps
+
+
+def hand_arrays(maxprob: np.ndarray | None = None) -> shards.LensArrays:
+    """The tokens of :func:`hand_case` as dense arrays: layers 0..4, documents a, b."""
+    x = 1
+    top1 = np.array(
+        [
+            [x, x, x, 7, 7],
+            [x, x, 7, x, 7],
+            [x, 7, 7, 7, 7],
+            [x, x, 7, 7, 7],
+            [x, x, x, x, 7],
+            [x, 7, 7, 7, 7],
+        ],
+        dtype=np.int32,
+    ).T
+    if maxprob is None:
+        maxprob = np.linspace(0.2, 0.9, top1.size, dtype=np.float32).reshape(top1.shape)
+    cos_prev = np.full(top1.shape, 0.9, np.float32)
+    cos_prev[0] = np.nan
+    cos_prev[2, 0] = 0.5
+    return shards.LensArrays(
+        layers=np.arange(5),
+        top1=top1,
+        maxprob=maxprob,
+        margin=maxprob / 2,
+        entropy=1 - maxprob,
+        kl_to_final=np.repeat(np.arange(5, 0, -1, dtype=np.float32)[:, None], 6, axis=1),
+        cos_prev=cos_prev,
+        gold=np.array([7, 7, -1, 7, 5, -1], np.int32),
+        doc=np.array([0, 0, 0, 1, 1, 1]),
+        doc_ids=["a", "b"],
+    )
+
+
+def test_document_split_groups_tokens_and_draws_weights():
+    arrays = hand_arrays()
+    docs = score.document_split(arrays, 0.5, bootstrap=7, seed=0)
+    assert docs.ids == ["a", "b"] and docs.unit.tolist() == [0, 0, 0, 1, 1, 1]
+    assert docs.starts.tolist() == [0, 3]
+    assert docs.n_tokens.tolist() == [3, 3] and docs.n_gold.tolist() == [2, 2]
+    assert docs.calibration.tolist() == metrics.split_documents(["a", "b"], 0.5, 0).tolist()
+    assert (docs.heldout == ~docs.calibration).all()
+    assert docs.weights.shape == (7, 2) and (docs.weights.sum(axis=1) == 2).all()
+    assert docs.heldout_weights.shape == (7, 1) and (docs.heldout_weights == 1).all()
+    assert docs.per_layer_sums(arrays.top1 == 7)[:, 4].tolist() == [3, 3]
+    arrays.doc = np.array([0, 1, 0, 1, 0, 1])
+    with pytest.raises(score.ScoreError, match="grouped by document"):
+        score.document_split(arrays, 0.5, bootstrap=7, seed=0)
+
+
+def test_one_document_is_its_own_heldout_split():
+    arrays = hand_arrays()
+    arrays.doc = np.zeros(6, np.int64)
+    docs = score.document_split(arrays, 0.5, bootstrap=3, seed=0)
+    assert docs.calibration.tolist() == [True] and docs.heldout.tolist() == [True]
+
+
+def test_agreement_masks_and_layer_curves_known_answers():
+    arrays = hand_arrays()
+    agree, correct = score.agreement_masks(arrays)
+    assert agree[:, 1].tolist() == [False, False, True, False, True]
+    # t4's gold is 5, never predicted; t2 has no gold, so never correct
+    assert not correct[:, 4].any() and not correct[:, 2].any()
+    assert correct[:, 0].tolist() == [False, False, False, True, True]
+    docs = score.document_split(arrays, 0.5, bootstrap=0, seed=0)
+    curves = score.layer_curves(arrays, docs, agree, correct)
+    assert curves["agreement"].tolist() == pytest.approx([0, 2 / 6, 4 / 6, 4 / 6, 1])
+    assert curves["accuracy"].tolist() == pytest.approx([0, 0, 2 / 4, 2 / 4, 3 / 4])
+    assert curves["kl_to_final_mean"].tolist() == pytest.approx([5, 4, 3, 2, 1])
+    # cos_prev: undefined at layer 0, one token at 0.5 at layer 2
+    assert np.isnan(curves["cos_prev_mean"][0])
+    assert curves["cos_prev_mean"][2] == pytest.approx((5 * 0.9 + 0.5) / 6)
+    assert np.isnan(curves["agreement_ci_low"]).all()  # no bootstrap resamples
+
+
+def test_oracle_exits_known_answers():
+    arrays = hand_arrays()
+    docs = score.document_split(arrays, 0.5, bootstrap=20, seed=0)
+    agree, correct = score.agreement_masks(arrays)
+    oracle = score.oracle_exits(agree[1:], correct[1:], docs, flops=None)
+    assert oracle.saturation.tolist() == [3, 4, 1, 2, 4, 1]
+    assert oracle.first_agreement.tolist() == [3, 2, 1, 2, 4, 1]
+    assert oracle.saturation_count.tolist() == [0, 2, 1, 1, 2]
+    head = oracle.headline
+    assert head["oracle_savings"]["estimate"] == pytest.approx(1 - 15 / 6 / 4)
+    assert head["mean_saturation_layer"]["estimate"] == pytest.approx(15 / 6)
+    assert head["mean_first_agreement_layer"]["estimate"] == pytest.approx(13 / 6)
+    assert head["final_accuracy"]["estimate"] == pytest.approx(3 / 4)
+    # documents a (e_sat 3, 4, 1) and b (2, 4, 1): the CI lies between their savings
+    low, high = head["oracle_savings"]["ci_low"], head["oracle_savings"]["ci_high"]
+    assert 1 - 8 / 12 - 1e-12 <= low <= high <= 1 - 7 / 12 + 1e-12
+    assert math.isnan(head["oracle_net_flop_savings"]["estimate"]) and oracle.costs is None
+
+
+def random_arrays(seed: int = 0, n_docs: int = 16, per_doc: int = 12, num_layers: int = 6):
+    """Tokens that settle on the final prediction at a random layer, maxprob noisy but rising."""
+    rng = np.random.default_rng(seed)
+    n = n_docs * per_doc
+    settle = rng.integers(1, num_layers + 1, n)
+    depth = np.arange(num_layers + 1)[:, None]
+    top1 = np.where(depth >= settle, 3, rng.integers(10, 14, (num_layers + 1, n))).astype(np.int32)
+    maxprob = np.clip(0.6 * (depth >= settle) + 0.5 * rng.random(top1.shape), 0, 1)
+    maxprob = maxprob.astype(np.float32)
+    cos_prev = rng.random(top1.shape).astype(np.float32)
+    cos_prev[0] = np.nan
+    return shards.LensArrays(
+        layers=np.arange(num_layers + 1),
+        top1=top1,
+        maxprob=maxprob,
+        margin=maxprob / 2,
+        entropy=1 - maxprob,
+        kl_to_final=np.zeros(top1.shape, np.float32),
+        cos_prev=cos_prev,
+        gold=np.where(rng.random(n) < 0.5, 3, 9).astype(np.int32),
+        doc=np.repeat(np.arange(n_docs), per_doc),
+        doc_ids=[f"d{i}" for i in range(n_docs)],
+    )
+
+
+def test_exit_policies_match_brute_force_exits():
+    """Each held-out sweep point equals exiting every held-out token at metrics.exit_layer."""
+    arrays = random_arrays()
+    num_layers = 6
+    docs = score.document_split(arrays, 0.5, bootstrap=30, seed=1)
+    agree, correct = score.agreement_masks(arrays)
+    agree, correct = agree[1:], correct[1:]
+    result = score.exit_policies(arrays, agree, correct, docs, None, None, params(thresholds=9))
+    held_tokens = docs.heldout[docs.unit]
+    columns = np.arange(agree.shape[1])
+    for point in result.sweeps["maxprob"]:
+        tau = np.inf if point["threshold"] is None else np.float32(point["threshold"])
+        exits = metrics.exit_layer(arrays.maxprob[1:], tau)[held_tokens]
+        assert point["savings"] == pytest.approx(1 - exits.mean() / num_layers)
+        agreed = agree[exits - 1, columns[held_tokens]]
+        assert point["consistency"] == pytest.approx(agreed.mean())
+        right = correct[exits - 1, columns[held_tokens]]
+        assert point["accuracy"] == pytest.approx(right.sum() / docs.n_gold[docs.heldout].sum())
+    assert result.sweeps["maxprob"][-1]["savings"] == 0.0  # +inf never exits early
+    # the chosen threshold is reported at its own held-out sweep point
+    policy = result.policies["maxprob"]["0.95"]
+    point = next(p for p in result.sweeps["maxprob"] if p["threshold"] == policy["threshold"])
+    assert policy["savings"]["estimate"] == pytest.approx(point["savings"])
+    assert policy["consistency"]["estimate"] == pytest.approx(point["consistency"])
+    assert policy["calibration"]["consistency"] >= 0.95 - 1e-12
+    assert result.calibration["0.95"]["maxprob"] == (
+        policy["calibration"]["savings"],
+        policy["calibration"]["consistency"],
+    )
+    assert set(result.policies) == set(metrics.MEASURES)
+
+
+def test_assemble_headline_picks_the_best_calibration_measure():
+    ci = {"estimate": 0.1, "ci_low": 0.0, "ci_high": 0.2}
+    oracle = score.OracleExits(
+        np.ones(1), np.ones(1), np.zeros(2), np.zeros(2), {"oracle_savings": ci}, None
+    )
+    calibration = {  # (savings, consistency) on calibration; ties go to the earlier measure
+        "0.99": {m: (0.2, 0.99) for m in metrics.MEASURES} | {"entropy": (0.3, 0.99)},
+        "0.95": {m: (0.4, 0.96) for m in metrics.MEASURES},
+    }
+    policies = score.ExitPolicies(
+        policies={
+            m: {
+                t: {"savings": {"estimate": i + (t == "0.99")}, "net_flop_savings": None}
+                for t in calibration
+            }
+            for i, m in enumerate(metrics.MEASURES)
+        },
+        sweeps={},
+        auc={
+            m: {"heldout": {"estimate": float(i)}, "calibration": 0.5 if m != "cos_prev" else 0.6}
+            for i, m in enumerate(metrics.MEASURES)
+        },
+        calibration=calibration,
+    )
+    headline, best = score.assemble_headline(oracle, policies, [0.99, 0.95])
+    assert best == {"0.99": "entropy", "0.95": "maxprob", "auc": "cos_prev"}
+    entropy = metrics.MEASURES.index("entropy")
+    assert headline["savings_at_99"] == {"estimate": entropy + 1}
+    assert headline["savings_at_95"] == {"estimate": 0}
+    assert headline["consistency_savings_auc"] == {"estimate": metrics.MEASURES.index("cos_prev")}
+    assert headline["oracle_savings"] is ci
+
+
+def test_incomplete_params_name_the_missing_keys(tmp_path):
+    paths, tokens, info = hand_case(tmp_path)
+    with pytest.raises(score.ScoreError, match=r"\['calibration_fraction'.*section_defaults"):
+        score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)

@@ -1,9 +1,9 @@
 """Score stage: lens shards -> per-layer curves and early-exit headline numbers.
 
-Inputs are the lens shards of one (model, workload) (long format, one row per
-(seq_id, pos, layer)), the tokens table (seq_id -> doc_id: documents are the
-bootstrap unit) and the model description written by ``models.describe_model``.
-Outputs:
+Inputs are the lens shards of one (model, workload) (read and validated by
+:mod:`exitbench.shards`), the tokens table (seq_id -> doc_id: documents are
+the bootstrap unit) and the model description written by
+``models.describe_model``. Outputs:
 
 * ``results/scores/{model}/{workload}.parquet`` (schema ``scores``): one row
   per layer with agreement, accuracy and confidence means, each with a 95%
@@ -12,13 +12,17 @@ Outputs:
   ``workflow/schemas/score_headline.schema.json``): headline numbers with CIs,
   per-measure threshold policies, held-out sweeps, FLOP model.
 
-Everything is vectorised over a dense layer-major ``[layers, tokens]`` pivot
-of the shards. The token index of a row comes from the tokens table (windows
-grouped by document), so no sort is needed: a shard written in (seq_id, pos,
-layer) order is copied block-wise, any other order is scattered, and every
-missing, duplicate or unexpected row is detected and blamed on its shard.
+:func:`score_arrays` runs the named steps in order, each callable on its own:
+
+1. :func:`document_split`: documents, calibration / held-out split, bootstrap weights;
+2. :func:`agreement_masks`: per (layer, token) agreement with the final top-1 and the gold token;
+3. :func:`layer_curves`: per-layer means with CIs (the ``scores`` table's columns);
+4. :func:`oracle_exits`: saturation and first-agreement layers, oracle savings;
+5. :func:`exit_policies`: threshold sweeps per measure, calibrated thresholds, AUCs;
+6. :func:`assemble_headline`, :func:`scores_table`, :func:`summary_dict`: the outputs.
+
 Metric formulas: :mod:`exitbench.metrics` (exit layers, policies, bootstrap)
-and :mod:`exitbench.flops` (net FLOP savings); :func:`score_arrays` lists them.
+and :mod:`exitbench.flops` (net FLOP savings).
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -40,50 +43,37 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from . import metrics
+from .config import section_defaults
 from .flops import FlopModel, FlopModelError, flop_model
 from .provenance import clean_json, write_json
+from .shards import LensArrays, load_lens
 from .tables import SCHEMA_DIR, read_table, write_table
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "HEADLINE_TARGETS",
-    "LENS_COLUMNS",
-    "LensArrays",
-    "SCORE_DEFAULTS",
+    "Documents",
+    "ExitPolicies",
+    "OracleExits",
     "ScoreError",
-    "load_lens",
+    "agreement_masks",
+    "assemble_headline",
+    "document_split",
+    "exit_policies",
+    "layer_curves",
+    "oracle_exits",
     "score_arrays",
     "score_files",
     "score_lens",
+    "scores_table",
+    "summary_dict",
     "validate_headline",
     "write_scores",
 ]
 
-#: Defaults of the config's ``score:`` section (workflow/schemas/config.schema.yaml).
-SCORE_DEFAULTS: dict[str, Any] = {
-    "bootstrap": 1000,
-    "calibration_fraction": 0.5,
-    "consistency_targets": [0.99, 0.95],
-    "thresholds": 101,
-    "patience": 2,
-}
 #: Consistency targets always reported (the headline contract); config targets add to them.
 HEADLINE_TARGETS: tuple[float, ...] = (0.99, 0.95)
-#: Lens columns the score stage reads.
-LENS_COLUMNS = [
-    "seq_id",
-    "pos",
-    "layer",
-    "top1",
-    "maxprob",
-    "margin",
-    "entropy",
-    "gold",
-    "kl_to_final",
-    "cos_prev",
-]
-_FLOAT_COLUMNS = ("maxprob", "margin", "entropy", "kl_to_final", "cos_prev")
 HEADLINE_SCHEMA = SCHEMA_DIR / "score_headline.schema.json"
 
 #: How each policy's threshold is applied (copied into the JSON).
@@ -97,330 +87,22 @@ MEASURE_RULES = {
 
 
 class ScoreError(ValueError):
-    """Inputs of the score stage are inconsistent (names the file to fix)."""
+    """Inputs of the score stage are inconsistent (names the file or setting to fix)."""
 
 
-# ---------------------------------------------------------------- loading
+# ---------------------------------------------------------------- small helpers
 
 
-@dataclass
-class LensArrays:
-    """Dense per-token arrays of one (model, workload).
-
-    Arrays are layer-major ``[NL, T]``: row i is layer ``layers[i]``, tokens
-    in columns ordered by (document, seq_id, pos), documents ordered by their
-    first seq_id. ``gold`` is -1 where the window has no next token; ``doc``
-    indexes ``doc_ids``; ``cos_prev`` is NaN where it is undefined.
-    """
-
-    layers: np.ndarray
-    top1: np.ndarray
-    maxprob: np.ndarray
-    margin: np.ndarray
-    entropy: np.ndarray
-    kl_to_final: np.ndarray
-    cos_prev: np.ndarray
-    gold: np.ndarray
-    doc: np.ndarray
-    doc_ids: list[str]
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.top1.shape[1])
-
-
-@dataclass
-class _Windows:
-    """Tokens-table layout: window order and the first token index of each window."""
-
-    seq_ids: np.ndarray  # window seq_id in layout order
-    n_tokens: np.ndarray  # tokens per window
-    offsets: np.ndarray  # first token index of each window
-    window_doc: np.ndarray  # document index of each window
-    doc_ids: list[str]
-    lookup: np.ndarray | None  # seq_id -> window index (dense ids), else None
-
-    def window_of(self, seq_id: np.ndarray) -> np.ndarray:
-        """Window index of each seq_id, -1 where the tokens table has none."""
-        if self.lookup is not None:
-            inside = (seq_id >= 0) & (seq_id < self.lookup.size)
-            return np.where(inside, self.lookup[np.clip(seq_id, 0, self.lookup.size - 1)], -1)
-        order = np.argsort(self.seq_ids, kind="stable")
-        sorted_ids = self.seq_ids[order]
-        at = np.clip(np.searchsorted(sorted_ids, seq_id), 0, sorted_ids.size - 1)
-        return np.where(sorted_ids[at] == seq_id, order[at], -1)
-
-
-def _windows(tokens_path: Path) -> _Windows:
-    """Windows grouped by document (documents in order of their first seq_id)."""
-    table = read_table(tokens_path, "tokens", columns=["seq_id", "doc_id", "n_tokens"])
-    seq_ids = table.column("seq_id").to_numpy()
-    if seq_ids.size == 0:
-        raise ScoreError(f"{tokens_path}: the tokens table has no windows; nothing to score")
-    if np.unique(seq_ids).size != seq_ids.size:
-        raise ScoreError(f"{tokens_path}: seq_id values are not unique; rerun the tokenize rule")
-    doc_ids = table.column("doc_id").to_pylist()
-    first_seq: dict[str, int] = {}
-    for doc, seq in zip(doc_ids, seq_ids.tolist(), strict=True):
-        first_seq[doc] = min(seq, first_seq.get(doc, seq))
-    docs = sorted(first_seq, key=first_seq.__getitem__)
-    doc_index = {doc: i for i, doc in enumerate(docs)}
-    window_doc = np.array([doc_index[d] for d in doc_ids], dtype=np.int64)
-    order = np.lexsort((seq_ids, window_doc))
-    seq_ids, window_doc = seq_ids[order], window_doc[order]
-    n_tokens = table.column("n_tokens").to_numpy().astype(np.int64)[order]
-    offsets = np.concatenate([[0], np.cumsum(n_tokens)[:-1]]).astype(np.int64)
-    lookup = None
-    if seq_ids.min() >= 0 and seq_ids.max() < 4 * seq_ids.size + 1024:
-        lookup = np.full(int(seq_ids.max()) + 1, -1, dtype=np.int64)
-        lookup[seq_ids] = np.arange(seq_ids.size)
-    return _Windows(seq_ids, n_tokens, offsets, window_doc, docs, lookup)
-
-
-def _column(table: pa.Table, name: str, fill: Any = None) -> np.ndarray:
-    column = table.column(name)
-    if fill is not None and column.null_count:
-        column = pc.fill_null(column, fill)
-    return column.to_numpy()
-
-
-def load_lens(
-    lens_paths: Sequence[str | Path],
-    tokens_path: str | Path,
-    num_layers: int,
-    layer_numbers: Sequence[int] | None = None,
-) -> LensArrays:
-    """Read and pivot lens shards into dense layer-major ``[layers, tokens]`` arrays.
-
-    Every window of the tokens table must have exactly one row per (pos, layer)
-    for pos in 0..n_tokens-1 and layer in ``layer_numbers`` (default: 0..L if
-    the first shard has layer 0, else 1..L), spread over the shards. A shard
-    with a missing layer, an unknown seq_id or layer, a position outside its
-    window, duplicate rows, or a row count other than tokens x layers fails
-    with a :class:`ScoreError` naming the shard; an unreadable shard fails with
-    :class:`exitbench.tables.TableError` naming it. Shards sorted by
-    (seq_id, pos, layer) take a copy-only fast path; other orders are scattered.
-    """
-    tokens_path = Path(tokens_path)
-    paths = [Path(p) for p in lens_paths]
-    if not paths:
-        raise ScoreError(f"no lens shards given for {tokens_path}; run the extract rule first")
-    windows = _windows(tokens_path)
-    n_total = int(windows.n_tokens.sum())
-
-    layers = None if layer_numbers is None else np.asarray(sorted(layer_numbers), dtype=np.int64)
-    arrays: dict[str, np.ndarray] = {}
-    owner = np.empty((0, 0), dtype=np.int32)
-    gold = np.full(n_total, -1, dtype=np.int32)
-    for shard_index, (path, table) in enumerate(
-        tqdm(_prefetched(paths), total=len(paths), desc="lens shards", unit="shard", leave=False)
-    ):
-        layer = _column(table, "layer")
-        if layers is None:
-            start = 0 if layer.size and layer.min() == 0 else 1
-            layers = np.arange(start, num_layers + 1)
-        if layers[-1] != num_layers:
-            raise ScoreError(
-                f"layer_numbers {layers.tolist()} of the model description do not end at "
-                f"num_layers={num_layers}; rerun the describe_model rule"
-            )
-        n_layers = layers.size
-        if not arrays:
-            arrays = {
-                "top1": np.empty((n_layers, n_total), dtype=np.int32),
-                **{name: np.empty((n_layers, n_total), np.float32) for name in _FLOAT_COLUMNS},
-            }
-            owner = np.full((n_layers, n_total), -1, dtype=np.int32)
-        _check_layers(path, layer, layers)
-        seq_id, pos = _column(table, "seq_id"), _column(table, "pos")
-        block = _canonical_block(seq_id, pos, layer, windows, layers)
-        if block is not None:
-            cells = (slice(None), slice(block, block + seq_id.size // n_layers))
-            _claim(owner, cells, shard_index, path, paths)
-            for name, values in arrays.items():
-                fill = np.nan if name == "cos_prev" else None
-                _transpose_into(values[cells], _column(table, name, fill).reshape(-1, n_layers))
-            gold[cells[1]] = _column(table, "gold", fill=-1)[n_layers - 1 :: n_layers]
-        else:
-            token, li = _shard_cells(path, seq_id, pos, layer, windows, layers)
-            cells = (li, token)
-            _claim(owner, cells, shard_index, path, paths)
-            for name, values in arrays.items():
-                fill = np.nan if name == "cos_prev" else None
-                values[cells] = _column(table, name, fill)
-            last = li == n_layers - 1
-            gold[token[last]] = _column(table, "gold", fill=-1)[last]
-        del table
-
-    assert layers is not None
-    missing = owner < 0
-    if missing.any():
-        li, token = (int(x[0]) for x in np.nonzero(missing))
-        window = int(np.searchsorted(windows.offsets, token, side="right") - 1)
-        seq_id, pos = int(windows.seq_ids[window]), token - int(windows.offsets[window])
-        start, stop = windows.offsets[window], windows.offsets[window] + windows.n_tokens[window]
-        holders = owner[:, start:stop]
-        where = (
-            f"shard {paths[int(holders[holders >= 0][0])]} holds other rows of that window"
-            if (holders >= 0).any()
-            else "no shard has any row of that window"
-        )
+def _targets(params: Mapping[str, Any]) -> list[float]:
+    """The config's consistency targets plus :data:`HEADLINE_TARGETS`, descending."""
+    missing = sorted(set(section_defaults("score")) - set(params))
+    if missing:
         raise ScoreError(
-            f"lens rows missing: {int(missing.sum())} of the {n_total} tokens x {layers.size} "
-            f"layers of {tokens_path} have no row, first seq_id={seq_id} pos={pos} "
-            f"layer={int(layers[li])} ({where}); rerun extract for the affected shards"
+            f"score params lack {missing}: pass the validated config's score: section "
+            "(exitbench.config.section_defaults('score') holds the defaults)"
         )
-    return LensArrays(
-        layers=layers,
-        **arrays,
-        gold=gold,
-        doc=np.repeat(windows.window_doc, windows.n_tokens),
-        doc_ids=windows.doc_ids,
-    )
-
-
-def _prefetched(paths: list[Path]) -> Iterator[tuple[Path, pa.Table]]:
-    """``(path, lens table)`` in order, reading the next shard while the caller
-    pivots the current one (Parquet decoding releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read_table, paths[0], "lens", LENS_COLUMNS)
-        for index, path in enumerate(paths):
-            table = pending.result()
-            if index + 1 < len(paths):
-                pending = pool.submit(read_table, paths[index + 1], "lens", LENS_COLUMNS)
-            yield path, table
-
-
-def _transpose_into(out: np.ndarray, rows: np.ndarray, block: int = 2048) -> None:
-    """``out[:] = rows.T`` in cache-sized blocks of tokens (about 2x faster)."""
-    for start in range(0, rows.shape[0], block):
-        out[:, start : start + block] = rows[start : start + block].T
-
-
-def _claim(owner: np.ndarray, cells: Any, shard: int, path: Path, paths: list[Path]) -> None:
-    """Mark ``cells`` as read from ``shard``; fail if another shard had them."""
-    taken = owner[cells]
-    if (taken >= 0).any():
-        other = paths[int(taken[taken >= 0].flat[0])]
-        raise ScoreError(
-            f"{path}: rows duplicate (seq_id, pos, layer) rows of {other}; each window must "
-            "be in exactly one lens shard (delete the stale shard)"
-        )
-    owner[cells] = shard
-
-
-def _check_layers(path: Path, layer: np.ndarray, layers: np.ndarray) -> None:
-    """The shard has exactly the expected layers, each with the same row count."""
-    if layer.size == 0:
-        raise ScoreError(f"{path}: lens shard has no rows; delete it and rerun extract")
-    if layer.min() < 0:
-        raise ScoreError(f"{path}: negative layer numbers; delete the shard and rerun extract")
-    counts = np.bincount(layer, minlength=int(layers[-1]) + 1)
-    present = np.flatnonzero(counts)
-    absent = sorted(set(layers.tolist()) - set(present.tolist()))
-    unexpected = sorted(set(present.tolist()) - set(layers.tolist()))
-    if absent or unexpected:
-        raise ScoreError(
-            f"{path}: lens shard has layers {present.tolist()}, expected {layers.tolist()} "
-            "(layer_numbers of the model description): "
-            + (f"missing layer(s) {absent}" if absent else f"unexpected layer(s) {unexpected}")
-            + "; delete the shard and rerun extract"
-        )
-    per_layer = counts[layers]
-    if per_layer.min() != per_layer.max():
-        short = int(layers[np.argmin(per_layer)])
-        raise ScoreError(
-            f"{path}: layers have different row counts ({per_layer.min()} rows at layer {short}, "
-            f"{per_layer.max()} at others): some tokens lack layers; delete the shard and "
-            "rerun extract"
-        )
-
-
-def _canonical_block(
-    seq_id: np.ndarray, pos: np.ndarray, layer: np.ndarray, windows: _Windows, layers: np.ndarray
-) -> int | None:
-    """First token index if the shard's rows are whole windows in (seq_id, pos,
-    layer) order that are consecutive in the token layout, else None."""
-    n_layers = layers.size
-    if seq_id.size % n_layers:
-        return None
-    n = seq_id.size // n_layers
-    if not (layer.reshape(n, n_layers) == layers[None, :]).all():
-        return None
-    seq, position = seq_id[::n_layers], pos[::n_layers].astype(np.int64)
-    if not (
-        (seq_id.reshape(n, n_layers) == seq[:, None]).all()
-        and (pos.reshape(n, n_layers) == pos[::n_layers, None]).all()
-    ):
-        return None
-    window = windows.window_of(seq)
-    if (window < 0).any() or (position < 0).any():
-        return None
-    if (position >= windows.n_tokens[window]).any():
-        return None
-    token = windows.offsets[window] + position
-    first, last = int(token[0]), int(window[-1])
-    if not (token == first + np.arange(n)).all():
-        return None
-    whole = position[0] == 0 and first + n == windows.offsets[last] + windows.n_tokens[last]
-    return first if whole else None
-
-
-def _shard_cells(
-    path: Path,
-    seq_id: np.ndarray,
-    pos: np.ndarray,
-    layer: np.ndarray,
-    windows: _Windows,
-    layers: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token index and layer row of every row of a shard in any order; validates it."""
-    n_layers = layers.size
-    pos = pos.astype(np.int64)
-    layer_row = np.full(int(layers[-1]) + 1, -1, dtype=np.int64)
-    layer_row[layers] = np.arange(n_layers)
-    window = windows.window_of(seq_id)
-    if (window < 0).any():
-        bad = int(seq_id[np.argmax(window < 0)])
-        raise ScoreError(
-            f"{path}: seq_id {bad} is not in the tokens table; the shard is stale "
-            "(delete it and rerun extract)"
-        )
-    length = windows.n_tokens[window]
-    outside = (pos < 0) | (pos >= length)
-    if outside.any():
-        at = int(np.argmax(outside))
-        raise ScoreError(
-            f"{path}: seq_id {int(seq_id[at])} has pos {int(pos[at])} but the window has "
-            f"{int(length[at])} tokens; the shard is stale (delete it and rerun extract)"
-        )
-    present = np.flatnonzero(np.bincount(window, minlength=windows.seq_ids.size))
-    expected_rows = int(windows.n_tokens[present].sum()) * n_layers
-    if seq_id.size != expected_rows:
-        raise ScoreError(
-            f"{path}: {seq_id.size} rows, expected {expected_rows} = tokens x {n_layers} layers "
-            f"for its {present.size} window(s); the shard has missing or duplicate rows "
-            "(delete it and rerun extract)"
-        )
-    # With the count check, duplicate rows inside the shard leave some cell of its
-    # windows empty, which load_lens reports naming this shard.
-    return windows.offsets[window] + pos, layer_row[layer]
-
-
-# ---------------------------------------------------------------- scoring
-
-
-def _score_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    merged = {**SCORE_DEFAULTS, **(dict(params) if params else {})}
-    if int(merged["thresholds"]) < 2:
-        raise ScoreError(f"score.thresholds must be >= 2, got {merged['thresholds']}")
-    if int(merged["bootstrap"]) < 0:
-        raise ScoreError(f"score.bootstrap must be >= 0, got {merged['bootstrap']}")
-    targets = {float(t) for t in merged["consistency_targets"]} | set(HEADLINE_TARGETS)
-    if any(not 0 < t <= 1 for t in targets):
-        raise ScoreError(f"score.consistency_targets must lie in (0, 1], got {sorted(targets)}")
-    merged["targets"] = sorted(targets, reverse=True)
-    return merged
+    targets = {float(t) for t in params["consistency_targets"]} | set(HEADLINE_TARGETS)
+    return sorted(targets, reverse=True)
 
 
 def _target_key(target: float) -> str:
@@ -437,52 +119,63 @@ def _ci(estimate: Any, low: Any, high: Any) -> dict[str, float]:
     return {"estimate": float(estimate), "ci_low": float(low), "ci_high": float(high)}
 
 
-def score_arrays(
+def _ratio(num: np.ndarray, den: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    """``sum num / sum den`` over documents with its bootstrap CI, as a JSON dict."""
+    return _ci(*metrics.bootstrap_ratio(num, den, weights))
+
+
+_NAN_CI = _ci(math.nan, math.nan, math.nan)
+
+
+# ---------------------------------------------------------------- 1. documents
+
+
+@dataclass
+class Documents:
+    """The documents of the scored tokens (the bootstrap unit) and their split.
+
+    Tokens are grouped by document: ``unit[t]`` is the document (0..n-1, in
+    token order) of token t, ``starts[d]`` the first token of document d.
+    """
+
+    ids: list[str]
+    unit: np.ndarray
+    starts: np.ndarray
+    n_tokens: np.ndarray  # tokens per document (float64)
+    n_gold: np.ndarray  # tokens with a gold next token per document (float64)
+    calibration: np.ndarray  # bool per document
+    heldout: np.ndarray  # bool per document (= calibration with a single document)
+    weights: np.ndarray  # [B, documents] bootstrap multiplicities
+    heldout_weights: np.ndarray  # [B, held-out documents]
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def per_layer_sums(self, values: np.ndarray) -> np.ndarray:
+        """``[layers, T]`` -> ``[documents, layers]`` float64 sums."""
+        return np.add.reduceat(values, self.starts, axis=1, dtype=np.float64).T
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """``[T]`` -> ``[documents]`` float64 sums."""
+        return np.bincount(self.unit, weights=values.astype(np.float64), minlength=self.count)
+
+
+def document_split(
     arrays: LensArrays,
-    num_layers: int,
-    flops: FlopModel | None,
-    params: Mapping[str, Any] | None,
+    calibration_fraction: float,
+    bootstrap: int,
     seed: int,
     model: str = "",
     workload: str = "",
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Per-layer curves (schema ``scores``) and the headline summary dict.
+) -> Documents:
+    """Documents of ``arrays``, split by :func:`metrics.split_documents`.
 
-    Formulas are in :mod:`exitbench.metrics` and :mod:`exitbench.flops`. In
-    short, over tokens t (all positions; accuracy over tokens with a gold next
-    token) and documents d (the bootstrap unit):
-
-    * curves: ``agreement_l = mean_t 1[yhat_l = yhat]``, ``accuracy_l =
-      mean_t 1[yhat_l = gold]``, means of maxprob, margin, entropy (nats),
-      KL(p_L || p_l) and cos_prev per layer, with 95% percentile CIs from
-      ``bootstrap`` resamples of documents;
-    * ``oracle_savings = 1 - E[e_sat] / L``; ``mean_saturation_layer``,
-      ``mean_first_agreement_layer``; ``final_accuracy``;
-    * threshold policies per measure: thresholds swept over quantiles of the
-      calibration documents' values, chosen on calibration as the max-savings
-      threshold with consistency >= target, reported on held-out documents
-      (CI: held-out documents resampled at that fixed threshold);
-      ``savings_at_99/95`` come from the measure with the highest calibration
-      savings; ``consistency_savings_auc`` from the measure with the highest
-      calibration AUC, evaluated held-out;
-    * net FLOP savings ``1 - E[cost(e)] / full`` for the oracle exit and the
-      chosen policies.
-
-    The summary is JSON-ready (floats to 10 significant digits, NaN and inf
-    as None; :func:`write_scores` checks it against the JSON schema); its
-    ``provenance`` is left empty for the caller.
+    Bootstrap weights come from ``np.random.default_rng(seed)``: first
+    ``bootstrap`` resamples of all documents, then of the held-out ones. With
+    one document the held-out split is the calibration split (in-sample,
+    logged as a warning).
     """
-    p = _score_params(params)
-    n_boot = int(p["bootstrap"])
-    L = int(num_layers)
-    layers = np.asarray(arrays.layers)
-    first_exit = int(np.searchsorted(layers, 1))
-    if layers[first_exit:].tolist() != list(range(1, L + 1)):
-        raise ScoreError(f"lens layers {layers.tolist()} do not cover 1..{L} exactly")
-    if flops is not None and flops.num_layers != L:
-        raise ScoreError(f"FLOP model has {flops.num_layers} layers, the lens {L}")
-
-    # documents: tokens are grouped by document; units are the documents present
     doc = np.asarray(arrays.doc)
     if doc.size == 0:
         raise ScoreError(f"no tokens to score for model {model!r}, workload {workload!r}")
@@ -493,7 +186,7 @@ def score_arrays(
     unit = np.concatenate([[0], np.cumsum(change)])
     doc_ids = [arrays.doc_ids[int(doc[s])] for s in starts]
     n_docs = len(doc_ids)
-    calibration = metrics.split_documents(doc_ids, float(p["calibration_fraction"]), seed)
+    calibration = metrics.split_documents(doc_ids, float(calibration_fraction), seed)
     heldout = ~calibration
     if not heldout.any():
         log.warning(
@@ -504,82 +197,174 @@ def score_arrays(
         )
         heldout = calibration.copy()
     rng = np.random.default_rng(seed)
-    w_all = metrics.bootstrap_weights(n_docs, n_boot, rng)
-    w_held = metrics.bootstrap_weights(int(heldout.sum()), n_boot, rng)
+    weights = metrics.bootstrap_weights(n_docs, int(bootstrap), rng)
+    heldout_weights = metrics.bootstrap_weights(int(heldout.sum()), int(bootstrap), rng)
+    has_gold = np.asarray(arrays.gold) >= 0
+    return Documents(
+        ids=doc_ids,
+        unit=unit,
+        starts=starts,
+        n_tokens=np.bincount(unit, minlength=n_docs).astype(np.float64),
+        n_gold=np.bincount(unit, weights=has_gold.astype(np.float64), minlength=n_docs),
+        calibration=calibration,
+        heldout=heldout,
+        weights=weights,
+        heldout_weights=heldout_weights,
+    )
 
+
+# ---------------------------------------------------------------- 2. agreement
+
+
+def agreement_masks(arrays: LensArrays) -> tuple[np.ndarray, np.ndarray]:
+    """``agree[l, t] = 1[yhat_l = yhat]`` and ``correct[l, t] = 1[yhat_l = gold_t]``
+    (False where token t has no gold next token), ``[layers, T]`` booleans."""
     gold = np.asarray(arrays.gold)
-    has_gold = gold >= 0
     agree = arrays.top1 == arrays.top1[-1]
-    correct = arrays.top1 == np.where(has_gold, gold, -1)[None, :]
-    n_tok = np.bincount(unit, minlength=n_docs).astype(np.float64)
-    n_gold = np.bincount(unit, weights=has_gold.astype(np.float64), minlength=n_docs)
+    correct = arrays.top1 == np.where(gold >= 0, gold, -1)[None, :]
+    return agree, correct
 
-    def per_doc(values: np.ndarray) -> np.ndarray:
-        """[layers, T] -> [documents, layers] float64 sums."""
-        return np.add.reduceat(values, starts, axis=1, dtype=np.float64).T
 
-    # ---- per-layer curves
+# ---------------------------------------------------------------- 3. curves
+
+
+def layer_curves(
+    arrays: LensArrays, docs: Documents, agree: np.ndarray, correct: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-layer token means with 95% bootstrap CIs over documents.
+
+    ``agreement_l = mean_t agree[l, t]``, ``accuracy_l`` over tokens with a
+    gold token, and the means of maxprob, margin, entropy (nats), KL(p_L ||
+    p_l) and cos_prev (over tokens where it is defined); each ``name`` comes
+    with ``name_ci_low`` and ``name_ci_high``.
+    """
     curves: dict[str, np.ndarray] = {}
 
     def curve(name: str, num: np.ndarray, den: np.ndarray) -> None:
-        est, low, high = metrics.bootstrap_ratio(num, den, w_all)
+        est, low, high = metrics.bootstrap_ratio(num, den, docs.weights)
         curves[name], curves[f"{name}_ci_low"], curves[f"{name}_ci_high"] = est, low, high
 
-    curve("agreement", per_doc(agree), n_tok)
-    curve("accuracy", per_doc(correct), n_gold)
+    per_doc = docs.per_layer_sums
+    curve("agreement", per_doc(agree), docs.n_tokens)
+    curve("accuracy", per_doc(correct), docs.n_gold)
     for column, name in [
         ("maxprob", "maxprob_mean"),
         ("margin", "margin_mean"),
         ("entropy", "entropy_nats_mean"),
         ("kl_to_final", "kl_to_final_mean"),
     ]:
-        curve(name, per_doc(getattr(arrays, column)), n_tok)
+        curve(name, per_doc(getattr(arrays, column)), docs.n_tokens)
     cos_valid = ~np.isnan(arrays.cos_prev)
-    cos_x = np.where(cos_valid, arrays.cos_prev, np.float32(-np.inf))[first_exit:]
     curve("cos_prev_mean", per_doc(np.where(cos_valid, arrays.cos_prev, 0)), per_doc(cos_valid))
+    return curves
 
-    # ---- exit layers (layers 1..L only)
-    agree_x, correct_x = agree[first_exit:], correct[first_exit:]
-    saturation = metrics.saturation_layer(agree_x)
-    first_agreement = metrics.first_agreement_layer(agree_x)
-    saturation_hist = np.bincount(saturation, minlength=L + 1)
-    first_hist = np.bincount(first_agreement, minlength=L + 1)
 
-    def doc_sum(values: np.ndarray) -> np.ndarray:
-        return np.bincount(unit, weights=values.astype(np.float64), minlength=n_docs)
+# ---------------------------------------------------------------- 4. oracle exits
 
-    def ratio(num: np.ndarray, den: np.ndarray, weights: np.ndarray = w_all) -> dict[str, float]:
-        return _ci(*metrics.bootstrap_ratio(num, den, weights))
 
-    nan_ci = _ci(math.nan, math.nan, math.nan)
-    sat_sum = doc_sum(saturation)
-    headline: dict[str, Any] = {
-        "oracle_savings": ratio(n_tok * L - sat_sum, n_tok * L),
-        "mean_saturation_layer": ratio(sat_sum, n_tok),
-        "mean_first_agreement_layer": ratio(doc_sum(first_agreement), n_tok),
-        "final_accuracy": ratio(doc_sum(correct_x[-1]), n_gold),
-        "oracle_net_flop_savings": nan_ci,
+@dataclass
+class OracleExits:
+    """Exit layers of a perfect rule, per token, and the headline numbers they give."""
+
+    saturation: np.ndarray  # e_sat per token, layers 1..L
+    first_agreement: np.ndarray  # e_first per token
+    saturation_count: np.ndarray  # tokens per e_sat, index 0..L (0 always empty)
+    first_agreement_count: np.ndarray  # tokens per e_first, index 0..L
+    headline: dict[str, dict[str, float]]
+    costs: np.ndarray | None  # FLOPs of exiting at layer 0..L (None without a FLOP model)
+
+
+def oracle_exits(
+    agree: np.ndarray, correct: np.ndarray, docs: Documents, flops: FlopModel | None
+) -> OracleExits:
+    """Saturation and first-agreement layers and the oracle's headline numbers.
+
+    ``agree``/``correct`` hold layers 1..L only (``[L, T]``). With ``n_d``
+    tokens in document d: ``oracle_savings = 1 - E[e_sat] / L``,
+    ``mean_saturation_layer = E[e_sat]``, ``mean_first_agreement_layer =
+    E[e_first]``, ``final_accuracy = mean_t correct[L, t]`` (tokens with
+    gold), ``oracle_net_flop_savings = 1 - E[cost(e_sat)] / full``; each a
+    ratio of document sums with its bootstrap CI.
+    """
+    num_layers = agree.shape[0]
+    saturation = metrics.saturation_layer(agree)
+    first_agreement = metrics.first_agreement_layer(agree)
+    n_tok, weights = docs.n_tokens, docs.weights
+    sat_sum = docs.sums(saturation)
+    headline = {
+        "oracle_savings": _ratio(n_tok * num_layers - sat_sum, n_tok * num_layers, weights),
+        "mean_saturation_layer": _ratio(sat_sum, n_tok, weights),
+        "mean_first_agreement_layer": _ratio(docs.sums(first_agreement), n_tok, weights),
+        "final_accuracy": _ratio(docs.sums(correct[-1]), docs.n_gold, weights),
+        "oracle_net_flop_savings": _NAN_CI,
     }
     costs = None
     if flops is not None:
         costs = flops.costs_by_layer()
-        headline["oracle_net_flop_savings"] = ratio(
-            n_tok * flops.full - doc_sum(costs[saturation]), n_tok * flops.full
+        headline["oracle_net_flop_savings"] = _ratio(
+            n_tok * flops.full - docs.sums(costs[saturation]), n_tok * flops.full, weights
         )
+    return OracleExits(
+        saturation=saturation,
+        first_agreement=first_agreement,
+        saturation_count=np.bincount(saturation, minlength=num_layers + 1),
+        first_agreement_count=np.bincount(first_agreement, minlength=num_layers + 1),
+        headline=headline,
+        costs=costs,
+    )
 
-    # ---- threshold policies
-    quantities: dict[str, np.ndarray] = {"agree": agree_x, "correct": correct_x}
+
+# ---------------------------------------------------------------- 5. exit policies
+
+
+@dataclass
+class ExitPolicies:
+    """Threshold policies of every measure in :data:`metrics.MEASURES`.
+
+    ``policies[measure][target]``: the calibration-chosen threshold and its
+    held-out savings, consistency, accuracy and net FLOP savings with CIs;
+    ``sweeps[measure]``: held-out rates at every threshold; ``auc[measure]``:
+    the held-out (with CI) and calibration consistency-savings AUC;
+    ``calibration[target][measure]``: the (savings, consistency) reached on
+    calibration, which picks the headline measure.
+    """
+
+    policies: dict[str, dict[str, Any]]
+    sweeps: dict[str, list[dict[str, float]]]
+    auc: dict[str, dict[str, Any]]
+    calibration: dict[str, dict[str, tuple[float, float]]]
+
+
+def exit_policies(
+    arrays: LensArrays,
+    agree: np.ndarray,
+    correct: np.ndarray,
+    docs: Documents,
+    flops: FlopModel | None,
+    costs: np.ndarray | None,
+    params: Mapping[str, Any],
+) -> ExitPolicies:
+    """Sweep, calibrate and evaluate the threshold policy of every measure.
+
+    ``agree``/``correct`` hold layers 1..L; ``costs`` is
+    :attr:`OracleExits.costs`; ``params`` the config's ``score:`` section.
+    Thresholds are ``params["thresholds"]`` quantiles of the calibration
+    documents' values (plus ``+inf``); for each consistency target the
+    threshold with the highest calibration savings at consistency >= target
+    is chosen (:func:`metrics.choose_threshold`) and reported on the held-out
+    documents, its CI resampling held-out documents at that fixed threshold.
+    """
+    num_layers = agree.shape[0]
+    first_exit = arrays.top1.shape[0] - num_layers
+    targets = _targets(params)
+    quantities: dict[str, np.ndarray] = {"agree": agree, "correct": correct}
     if costs is not None:
         quantities["cost"] = costs[1:]
-    steps = metrics.sweep_steps(quantities, unit, n_docs)
-    del agree, correct
-    calibration_tokens = calibration[unit]
-    calibration_sample = _strided_subset(calibration_tokens, 1 << 18, L - 1)
-    n_held = n_tok[heldout]
-    policies: dict[str, Any] = {}
-    sweeps: dict[str, Any] = {}
-    aucs: dict[str, Any] = {}
-    chosen: dict[str, dict[str, tuple[float, float]]] = {}  # target -> measure -> (S, C) cal
+    steps = metrics.sweep_steps(quantities, docs.unit, docs.count)
+    calibration_sample = _strided_subset(docs.calibration[docs.unit], 1 << 18, num_layers - 1)
+    cos_valid = ~np.isnan(arrays.cos_prev)
+    cos_x = np.where(cos_valid, arrays.cos_prev, np.float32(-np.inf))[first_exit:]
+    out = ExitPolicies({}, {}, {}, {})
     for name in tqdm(metrics.MEASURES, desc="exit policies", unit="measure", leave=False):
         m = metrics.measure_values(
             name,
@@ -587,87 +372,132 @@ def score_arrays(
             arrays.margin[first_exit:],
             arrays.entropy[first_exit:],
             cos_x,
-            int(p["patience"]),
+            int(params["patience"]),
         )
-        thresholds = metrics.sweep_thresholds(m[:-1, calibration_sample], int(p["thresholds"]))
-        sums = metrics.threshold_sweep(m, thresholds, steps, unit, n_docs)
+        thresholds = metrics.sweep_thresholds(m[:-1, calibration_sample], int(params["thresholds"]))
+        sums = metrics.threshold_sweep(m, thresholds, steps, docs.unit, docs.count)
         del m
-        cal, held = (
-            _rates(sums, calibration, n_tok, n_gold, L, flops),
-            _rates(sums, heldout, n_tok, n_gold, L, flops),
+        _measure_policy(out, name, thresholds, sums, docs, flops, num_layers, targets)
+    return out
+
+
+def _measure_policy(
+    out: ExitPolicies,
+    name: str,
+    thresholds: np.ndarray,
+    sums: Mapping[str, np.ndarray],
+    docs: Documents,
+    flops: FlopModel | None,
+    num_layers: int,
+    targets: Sequence[float],
+) -> None:
+    """Fill ``out`` for measure ``name`` from its sweep ``sums`` (document sums per threshold)."""
+    L = num_layers
+    heldout, w_held = docs.heldout, docs.heldout_weights
+    n_held, n_gold_held = docs.n_tokens[heldout], docs.n_gold[heldout]
+    cal = _rates(sums, docs.calibration, docs.n_tokens, docs.n_gold, L, flops)
+    held = _rates(sums, heldout, docs.n_tokens, docs.n_gold, L, flops)
+    shown = -thresholds if name == "entropy" else thresholds  # entropy: exit if <= threshold
+    out.sweeps[name] = [
+        {"threshold": float(shown[k]), **{key: float(v[k]) for key, v in held.items()}}
+        for k in range(thresholds.size)
+    ]
+    # AUC, bootstrapped over held-out documents at the fixed sweep thresholds
+    auc_low = auc_high = math.nan
+    if w_held.shape[0]:
+        with np.errstate(all="ignore"):
+            boot_n = (w_held @ n_held)[:, None]
+            boot_s = 1 - (w_held @ sums["exit_layer"][heldout]) / (boot_n * L)
+            boot_c = (w_held @ sums["agree"][heldout]) / boot_n
+        auc_low, auc_high = metrics.percentile_ci(metrics.consistency_savings_auc(boot_s, boot_c))
+    out.auc[name] = {
+        "heldout": _ci(
+            metrics.consistency_savings_auc(held["savings"], held["consistency"]),
+            auc_low,
+            auc_high,
+        ),
+        "calibration": float(metrics.consistency_savings_auc(cal["savings"], cal["consistency"])),
+    }
+    out.policies[name] = {}
+    for target in targets:
+        k = metrics.choose_threshold(cal["savings"], cal["consistency"], target)
+        key = _target_key(target)
+        out.calibration.setdefault(key, {})[name] = (
+            float(cal["savings"][k]),
+            float(cal["consistency"][k]),
         )
-        shown = -thresholds if name == "entropy" else thresholds  # entropy: exit if <= threshold
-        sweeps[name] = [
-            {"threshold": float(shown[k]), **{key: float(v[k]) for key, v in held.items()}}
-            for k in range(thresholds.size)
-        ]
-        # AUC, bootstrapped over held-out documents at the fixed sweep thresholds
-        auc_low = auc_high = math.nan
-        if n_boot:
-            with np.errstate(all="ignore"):
-                boot_n = (w_held @ n_held)[:, None]
-                boot_s = 1 - (w_held @ sums["exit_layer"][heldout]) / (boot_n * L)
-                boot_c = (w_held @ sums["agree"][heldout]) / boot_n
-            auc_low, auc_high = metrics.percentile_ci(
-                metrics.consistency_savings_auc(boot_s, boot_c)
-            )
-        aucs[name] = {
-            "heldout": _ci(
-                metrics.consistency_savings_auc(held["savings"], held["consistency"]),
-                auc_low,
-                auc_high,
-            ),
-            "calibration": float(
-                metrics.consistency_savings_auc(cal["savings"], cal["consistency"])
+        col = {q: v[heldout, k] for q, v in sums.items() if q != "tokens"}
+        out.policies[name][key] = {
+            "threshold": float(shown[k]),
+            "calibration": {q: float(v[k]) for q, v in cal.items()},
+            "savings": _ratio(n_held * L - col["exit_layer"], n_held * L, w_held),
+            "consistency": _ratio(col["agree"], n_held, w_held),
+            "accuracy": _ratio(col["correct"], n_gold_held, w_held),
+            "net_flop_savings": (
+                _ratio(n_held * flops.full - col["cost"], n_held * flops.full, w_held)
+                if flops is not None
+                else _NAN_CI
             ),
         }
-        policies[name] = {}
-        for target in p["targets"]:
-            k = metrics.choose_threshold(cal["savings"], cal["consistency"], target)
-            key = _target_key(target)
-            chosen.setdefault(key, {})[name] = (
-                float(cal["savings"][k]),
-                float(cal["consistency"][k]),
-            )
-            col = {q: v[heldout, k] for q, v in sums.items() if q != "tokens"}
-            policies[name][key] = {
-                "threshold": float(shown[k]),
-                "calibration": {q: float(v[k]) for q, v in cal.items()},
-                "savings": ratio(n_held * L - col["exit_layer"], n_held * L, w_held),
-                "consistency": ratio(col["agree"], n_held, w_held),
-                "accuracy": ratio(col["correct"], n_gold[heldout], w_held),
-                "net_flop_savings": (
-                    ratio(n_held * flops.full - col["cost"], n_held * flops.full, w_held)
-                    if flops is not None
-                    else nan_ci
-                ),
-            }
+
+
+# ---------------------------------------------------------------- 6. outputs
+
+
+def assemble_headline(
+    oracle: OracleExits, policies: ExitPolicies, targets: Sequence[float]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The headline numbers and the measure behind each.
+
+    Per target (``savings_at_99``, ``net_flop_savings_at_99``, ...): the
+    held-out policy of the measure with the highest calibration (savings,
+    consistency); ``consistency_savings_auc``: the held-out AUC of the measure
+    with the highest calibration AUC. Ties go to the earlier measure of
+    :data:`metrics.MEASURES`. Returns ``(headline, best_measure)``.
+    """
 
     def order(name: str) -> int:
-        return -metrics.MEASURES.index(name)  # ties go to the earlier measure
+        return -metrics.MEASURES.index(name)
 
+    headline: dict[str, Any] = dict(oracle.headline)
     best_measure: dict[str, str] = {}
-    for target in p["targets"]:
+    for target in targets:
         key, suffix = _target_key(target), _target_suffix(target)
-        best = max(metrics.MEASURES, key=lambda n: (*chosen[key][n], order(n)))
+        chosen = policies.calibration[key]
+        best = max(metrics.MEASURES, key=lambda n: (*chosen[n], order(n)))
         best_measure[key] = best
-        headline[f"savings_at_{suffix}"] = policies[best][key]["savings"]
-        headline[f"net_flop_savings_at_{suffix}"] = policies[best][key]["net_flop_savings"]
-    best_auc = max(metrics.MEASURES, key=lambda n: (aucs[n]["calibration"], order(n)))
+        headline[f"savings_at_{suffix}"] = policies.policies[best][key]["savings"]
+        headline[f"net_flop_savings_at_{suffix}"] = policies.policies[best][key]["net_flop_savings"]
+    best_auc = max(metrics.MEASURES, key=lambda n: (policies.auc[n]["calibration"], order(n)))
     best_measure["auc"] = best_auc
-    headline["consistency_savings_auc"] = aucs[best_auc]["heldout"]
+    headline["consistency_savings_auc"] = policies.auc[best_auc]["heldout"]
+    return headline, best_measure
 
-    # ---- outputs
+
+def scores_table(
+    arrays: LensArrays,
+    curves: Mapping[str, np.ndarray],
+    oracle: OracleExits,
+    model: str,
+    workload: str,
+) -> pa.Table:
+    """The ``scores`` table: one row per lens layer (exit counts are 0 at layer 0)."""
+    layers = np.asarray(arrays.layers)
+    L = int(layers[-1])
+    first_exit = layers.size - L
     n_layers = layers.size
-    counts = {"saturation_count": saturation_hist, "first_agreement_count": first_hist}
-    table = pa.table(
+    counts = {
+        "saturation_count": oracle.saturation_count,
+        "first_agreement_count": oracle.first_agreement_count,
+    }
+    return pa.table(
         {
             "model": pa.array([model] * n_layers, pa.string()),
             "workload": pa.array([workload] * n_layers, pa.string()),
             "layer": pa.array(layers, pa.int16()),
             "layer_fraction": pa.array(layers / L, pa.float64()),
             "n_tokens": pa.array(np.full(n_layers, arrays.n_tokens), pa.int64()),
-            "n_gold_tokens": pa.array(np.full(n_layers, int(has_gold.sum())), pa.int64()),
+            "n_gold_tokens": pa.array(np.full(n_layers, _n_gold(arrays)), pa.int64()),
             **{
                 name: pa.array(values, pa.float64(), from_pandas=True)
                 for name, values in curves.items()
@@ -678,39 +508,106 @@ def score_arrays(
             },
         }
     )
+
+
+def _n_gold(arrays: LensArrays) -> int:
+    return int((np.asarray(arrays.gold) >= 0).sum())
+
+
+def summary_dict(
+    arrays: LensArrays,
+    docs: Documents,
+    oracle: OracleExits,
+    policies: ExitPolicies,
+    flops: FlopModel | None,
+    params: Mapping[str, Any],
+    seed: int,
+    model: str,
+    workload: str,
+) -> dict[str, Any]:
+    """The headline JSON's content (JSON-ready, ``provenance`` left empty)."""
+    L = int(arrays.layers[-1])
+    targets = _targets(params)
+    headline, best_measure = assemble_headline(oracle, policies, targets)
     summary = {
         "model": model,
         "workload": workload,
         "num_layers": L,
-        "layers": layers.tolist(),
+        "layers": np.asarray(arrays.layers).tolist(),
         "n_tokens": arrays.n_tokens,
-        "n_gold_tokens": int(has_gold.sum()),
-        "n_documents": n_docs,
-        "n_calibration_documents": int(calibration.sum()),
-        "n_heldout_documents": int(heldout.sum()),
+        "n_gold_tokens": _n_gold(arrays),
+        "n_documents": docs.count,
+        "n_calibration_documents": int(docs.calibration.sum()),
+        "n_heldout_documents": int(docs.heldout.sum()),
         "headline": headline,
         "best_measure": best_measure,
-        "policies": policies,
-        "auc": aucs,
-        "sweeps": sweeps,
+        "policies": policies.policies,
+        "auc": policies.auc,
+        "sweeps": policies.sweeps,
         "measures": {name: MEASURE_RULES[name] for name in metrics.MEASURES},
         "distributions": {
             "layers": list(range(1, L + 1)),
-            **{name: hist[1:].tolist() for name, hist in counts.items()},
+            "saturation_count": oracle.saturation_count[1:].tolist(),
+            "first_agreement_count": oracle.first_agreement_count[1:].tolist(),
         },
         "flops": None if flops is None else flops.to_dict(),
         "params": {
-            "bootstrap": n_boot,
-            "calibration_fraction": float(p["calibration_fraction"]),
-            "consistency_targets": [float(t) for t in p["targets"]],
-            "thresholds": int(p["thresholds"]),
-            "patience": int(p["patience"]),
+            "bootstrap": int(params["bootstrap"]),
+            "calibration_fraction": float(params["calibration_fraction"]),
+            "consistency_targets": [float(t) for t in targets],
+            "thresholds": int(params["thresholds"]),
+            "patience": int(params["patience"]),
             "seed": int(seed),
-            "seq_len": None if p.get("seq_len") is None else int(p["seq_len"]),
+            "seq_len": None if params.get("seq_len") is None else int(params["seq_len"]),
         },
         "provenance": {},
     }
-    return table, clean_json(summary, 10)
+    return clean_json(summary, 10)
+
+
+def score_arrays(
+    arrays: LensArrays,
+    num_layers: int,
+    flops: FlopModel | None,
+    params: Mapping[str, Any],
+    seed: int,
+    model: str = "",
+    workload: str = "",
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Per-layer curves (schema ``scores``) and the headline summary dict.
+
+    ``params`` is the validated config's ``score:`` section (plus an optional
+    ``seq_len``). The steps, in order: :func:`document_split`,
+    :func:`agreement_masks`, :func:`layer_curves`, :func:`oracle_exits`,
+    :func:`exit_policies`, then :func:`scores_table` and :func:`summary_dict`
+    (with :func:`assemble_headline`). In short, over tokens t and documents d
+    (the bootstrap unit): per-layer agreement / accuracy / confidence means
+    with 95% CIs; ``oracle_savings = 1 - E[e_sat] / L``; threshold policies
+    chosen on calibration documents and reported on held-out ones; net FLOP
+    savings ``1 - E[cost(e)] / full``.
+
+    The summary is JSON-ready (floats to 10 significant digits, NaN and inf
+    as None; :func:`write_scores` checks it against the JSON schema); its
+    ``provenance`` is left empty for the caller.
+    """
+    _targets(params)  # fail on incomplete params before any work
+    L = int(num_layers)
+    layers = np.asarray(arrays.layers)
+    first_exit = int(np.searchsorted(layers, 1))
+    if layers[first_exit:].tolist() != list(range(1, L + 1)):
+        raise ScoreError(f"lens layers {layers.tolist()} do not cover 1..{L} exactly")
+    if flops is not None and flops.num_layers != L:
+        raise ScoreError(f"FLOP model has {flops.num_layers} layers, the lens {L}")
+    docs = document_split(
+        arrays, params["calibration_fraction"], params["bootstrap"], seed, model, workload
+    )
+    agree, correct = agreement_masks(arrays)
+    curves = layer_curves(arrays, docs, agree, correct)
+    agree, correct = agree[first_exit:], correct[first_exit:]  # exits: layers 1..L only
+    oracle = oracle_exits(agree, correct, docs, flops)
+    policies = exit_policies(arrays, agree, correct, docs, flops, oracle.costs, params)
+    table = scores_table(arrays, curves, oracle, model, workload)
+    return table, summary_dict(arrays, docs, oracle, policies, flops, params, seed, model, workload)
 
 
 def _strided_subset(mask: np.ndarray, max_count: int, n_rows: int) -> np.ndarray:
@@ -751,21 +648,22 @@ def score_lens(
     lens_paths: Sequence[str | Path],
     tokens_path: str | Path,
     model_info: Mapping[str, Any],
-    params: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
     seed: int,
     workload: str | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Score one (model, workload): returns the ``scores`` table and the summary.
 
     ``model_info`` is ``results/models/{model}.json`` (name, num_layers,
-    layer_numbers, config); ``params`` the config's ``score:`` section plus an
+    layer_numbers, config); ``params`` the validated config's ``score:`` section
+    (:func:`exitbench.config.section_defaults` gives the defaults) plus an
     optional ``seq_len`` (``tokenize.seq_len``, for attention FLOPs; default:
     the longest window); ``workload`` defaults to the tokens file's stem.
     """
     tokens_path = Path(tokens_path)
     num_layers = int(model_info["num_layers"])
     arrays = load_lens(lens_paths, tokens_path, num_layers, model_info.get("layer_numbers"))
-    params = dict(params or {})
+    params = dict(params)
     if params.get("seq_len") is None:
         lengths = read_table(tokens_path, "tokens", columns=["n_tokens"]).column("n_tokens")
         params["seq_len"] = int(pc.max(lengths).as_py())
@@ -841,7 +739,7 @@ def score_files(
     model_info_path: str | Path,
     parquet_path: str | Path,
     json_path: str | Path,
-    params: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
     seed: int,
     provenance: Mapping[str, Any] | None = None,
     workload: str | None = None,
