@@ -25,12 +25,6 @@ def test_saturation_and_first_agreement_known_answers():
     np.testing.assert_array_equal(metrics.first_agreement_layer(agree), [3, 2, 1, 5, 1])
 
 
-def test_oracle_savings_hand_table():
-    agree = agree_rows("00111", "01011", "11111", "00001")  # e_sat = 3, 4, 1, 5
-    saturation = metrics.saturation_layer(agree)
-    assert metrics.oracle_savings(saturation, 5) == pytest.approx(1 - (3 + 4 + 1 + 5) / 4 / 5)
-
-
 def test_exit_layer_and_patience():
     maxprob = np.array([[0.2, 0.9], [0.95, 0.1], [0.96, 0.97], [0.5, 0.99]], dtype=np.float32)
     np.testing.assert_array_equal(metrics.exit_layer(maxprob, 0.9), [2, 1])

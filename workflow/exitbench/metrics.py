@@ -32,10 +32,8 @@ __all__ = [
     "exit_layer",
     "first_agreement_layer",
     "measure_values",
-    "oracle_savings",
     "patience_measure",
     "percentile_ci",
-    "prefix_max",
     "saturation_layer",
     "split_documents",
     "SweepSteps",
@@ -76,12 +74,6 @@ def first_agreement_layer(agree: np.ndarray) -> np.ndarray:
     return np.where(agree.any(axis=0), first, agree.shape[0]).astype(np.int64)
 
 
-def oracle_savings(saturation: np.ndarray, num_layers: int) -> float:
-    """``S_oracle = 1 - E[e_sat] / L``: the share of layers a perfect exit rule
-    skips while emitting exactly the full model's tokens."""
-    return float(1.0 - np.mean(saturation) / num_layers)
-
-
 # ---------------------------------------------------------------- threshold policies
 
 
@@ -90,13 +82,6 @@ def _no_nan(measure: np.ndarray) -> np.ndarray:
     if np.issubdtype(m.dtype, np.floating) and np.isnan(m).any():
         m = np.where(np.isnan(m), np.array(-np.inf, dtype=m.dtype), m)
     return m
-
-
-def prefix_max(measure: np.ndarray) -> np.ndarray:
-    """``M_l = max_{j <= l} m_j`` over layers (axis 0), NaN counted as ``-inf``
-    (never confident). A policy exits at the first l with ``m_l >= tau``, which
-    is the first l with ``M_l >= tau``."""
-    return np.maximum.accumulate(_no_nan(measure), axis=0)
 
 
 def exit_layer(measure: np.ndarray, threshold: float) -> np.ndarray:
