@@ -1,58 +1,93 @@
-"""Cluster resources of extract jobs (exitbench.resources): derived sizes, overrides, retries."""
+"""Cluster resources of extract jobs (exitbench.resources): the formula on hand-computed models,
+its settings (config key `resources:`), overrides and retries."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from exitbench.resources import (
-    DEFAULT_CPUS_PER_GPU,
-    MIN_MEM_MB,
-    accelerator_memory_gb,
-    extract_resources,
-)
+from exitbench.config import ConfigError, validate_config
+from exitbench.resources import accelerator_memory_gb, extract_resources
 
 
-def test_accelerator_memory_formula():
+def settings(**given) -> dict:
+    """The `resources:` section as the workflow sees it: validated, schema defaults filled in."""
+    config = {
+        "models": {"m": {"path": "x"}},
+        "workloads": {"w": {"source": "embedded", "name": "python-docs"}},
+    }
+    return validate_config({**config, "resources": given})["resources"]
+
+
+GPU = settings(gpu=1)
+CPU = settings()
+
+
+def test_a_study_without_resources_is_cpu_only_with_the_default_constants():
+    assert CPU["gpu"] == 0
+    assert extract_resources({"total_params": 7e9, "dtype": "bfloat16"}, 1, CPU)["gpu"] == 0
+    # the schema's defaults are what the formula uses when a caller passes no settings
+    assert extract_resources({"total_params": 7e9}, 1, CPU) == extract_resources(
+        {"total_params": 7e9}
+    )
+
+
+def test_accelerator_memory_by_hand():
     # 7B in bfloat16: weights 1.2 * 2 * 7 = 16.8 GB, activations max(2, 1.68) = 2 GB.
     assert accelerator_memory_gb(7e9, "bfloat16") == pytest.approx(18.8)
     # 70B in bfloat16: 168 GB weights + 16.8 GB activations.
     assert accelerator_memory_gb(70e9, "bfloat16") == pytest.approx(184.8)
     # float32 doubles the weights.
     assert accelerator_memory_gb(7e9, "float32") == pytest.approx(33.6 + 3.36)
+    # memory_overhead is a setting: 1.05 x 2 x 70 = 147 GB + 14.7 GB
+    assert accelerator_memory_gb(70e9, "bfloat16", {"memory_overhead": 1.05}) == pytest.approx(
+        161.7
+    )
     with pytest.raises(ValueError, match="unknown dtype 'int4'"):
         accelerator_memory_gb(1e9, "int4")
 
 
-def test_small_model_on_gpu_gets_one_gpu():
-    res = extract_resources({"total_params": 124e6, "dtype": "float32"}, 1, default_gpu=1)
-    assert res == {
-        "gpu": 1,
-        "mem_mb": math.ceil((16 + 0.25 * 4 * 0.124) * 1000),
-        "runtime": 31,  # ceil(30 + 0.124)
-        "cpus_per_gpu": DEFAULT_CPUS_PER_GPU,
+def test_gpt2_on_a_gpu_by_hand():
+    res = extract_resources({"total_params": 124e6, "dtype": "float32"}, 1, GPU)
+    # host 16 GB + 0.25 * 4 B * 0.124e9 = 16.124 GB; runtime ceil(30 + 1.2 * 0.124) = 31 min
+    assert res == {"gpu": 1, "mem_mb": 16124, "runtime": 31, "cpus_per_gpu": 4}
+
+
+def test_70b_by_hand_at_default_and_at_paper_settings():
+    entry = {"total_params": 70e9, "dtype": "bfloat16", "arch": "dense"}
+    # 184.8 GB / 80 GB -> 3 GPUs; host 16 + 35 GB; runtime 30 + 1.2 * 70 = 114 min
+    assert extract_resources(entry, 1, GPU) == {
+        "gpu": 3,
+        "mem_mb": 51000,
+        "runtime": 114,
+        "cpus_per_gpu": 4,
     }
+    # studies/paper.yaml's settings: 161.7 GB / 85 GB -> 2 GPUs
+    paper = settings(gpu=1, gpu_memory_gb=85, memory_overhead=1.05)
+    assert extract_resources(entry, 1, paper)["gpu"] == 2
+    # one H200 (141 GB) per card: 184.8 GB -> 2 GPUs
+    assert extract_resources(entry, 1, settings(gpu=1, gpu_memory_gb=141))["gpu"] == 2
 
 
 def test_gpu_count_grows_with_model_size():
     def gpus(params, dtype="bfloat16"):
-        return extract_resources({"total_params": params, "dtype": dtype}, 1, 1)["gpu"]
+        return extract_resources({"total_params": params, "dtype": dtype}, 1, GPU)["gpu"]
 
     assert gpus(7e9) == 1  # 18.8 GB
     assert gpus(30e9) == 1  # 72 + 7.2 = 79.2 GB: still fits one 80 GB card
     assert gpus(34e9) == 2  # 81.6 + 8.16 GB
-    assert gpus(70e9) == 3  # 184.8 GB
     assert gpus(70e9, "float32") == 5  # 369.6 GB
-    # the study's default is a floor, never reduced
-    assert extract_resources({"total_params": 1e8}, 1, default_gpu=2)["gpu"] == 2
+    # the study's gpu is a floor, never reduced
+    assert extract_resources({"total_params": 1e8}, 1, settings(gpu=2))["gpu"] == 2
 
 
-def test_runtime_and_host_memory_by_size():
-    small = extract_resources({"total_params": 1e9, "dtype": "bfloat16"}, 1, 1)
-    big = extract_resources({"total_params": 70e9, "dtype": "bfloat16"}, 1, 1)
-    assert small["runtime"] == 31 and big["runtime"] == 100
-    assert small["mem_mb"] == 16500 and big["mem_mb"] == 51000  # 16 GB + 0.25 * weights
+def test_scan_models_get_extra_time():
+    dense = {"total_params": 2.8e9, "dtype": "bfloat16", "arch": "dense"}
+    # ceil(30 + 1.2 * 2.8) = 34 min; an SSM or hybrid model adds scan_runtime_min = 30
+    assert extract_resources(dense, 1, GPU)["runtime"] == 34
+    for arch in ("ssm", "hybrid"):
+        assert extract_resources({**dense, "arch": arch}, 1, GPU)["runtime"] == 64
+    no_scan_time = settings(gpu=1, scan_runtime_min=0)
+    assert extract_resources({**dense, "arch": "ssm"}, 1, no_scan_time)["runtime"] == 34
 
 
 def test_cpu_only_study_asks_for_no_gpu_even_if_entry_does():
@@ -61,7 +96,7 @@ def test_cpu_only_study_asks_for_no_gpu_even_if_entry_does():
         "dtype": "bfloat16",
         "resources": {"gpu": 2, "gpu_model": "a100"},
     }
-    res = extract_resources(entry, 1, default_gpu=0)
+    res = extract_resources(entry, 1, CPU)
     assert res["gpu"] == 0
     assert "gpu_model" not in res  # --gpus=a100:0 would be rejected
     # on CPU the host holds the whole model: 18.8 GB, and runtime 30 + 15 * 7 minutes
@@ -81,42 +116,50 @@ def test_entry_resources_override_each_derived_value():
             "cpus_per_gpu": 8,
         },
     }
-    assert extract_resources(entry, 1, default_gpu=1) == {
+    assert extract_resources(entry, 1, GPU) == {
         "gpu": 4,
         "gpu_model": "h100",
         "mem_mb": 64000,
         "runtime": 240,
         "cpus_per_gpu": 8,
     }
-    # a partial override keeps the derived values for the rest
+    # an override wins over the study's settings too, and a partial one keeps the rest derived
     partial = extract_resources(
-        {"total_params": 70e9, "dtype": "bfloat16", "resources": {"gpu_model": "a100"}}, 1, 1
+        {"total_params": 70e9, "dtype": "bfloat16", "resources": {"gpu": 2}},
+        1,
+        settings(gpu=1, cpus_per_gpu=6),
     )
-    assert partial["gpu"] == 3 and partial["gpu_model"] == "a100" and partial["runtime"] == 100
+    assert partial == {"gpu": 2, "mem_mb": 51000, "runtime": 114, "cpus_per_gpu": 6}
 
 
 def test_memory_and_runtime_grow_with_attempt():
     entry = {"total_params": 1e9, "dtype": "float32", "resources": {"mem_mb": 3000}}
-    first, second, third = (extract_resources(entry, attempt, 1) for attempt in (1, 2, 3))
+    first, second, third = (extract_resources(entry, attempt, GPU) for attempt in (1, 2, 3))
     assert [r["mem_mb"] for r in (first, second, third)] == [3000, 6000, 9000]
-    assert [r["runtime"] for r in (first, second, third)] == [31, 62, 93]
+    assert [r["runtime"] for r in (first, second, third)] == [32, 64, 96]  # ceil(31.2) = 32
     assert first["gpu"] == second["gpu"] == third["gpu"] == 1
 
 
-def test_tiny_model_without_size_gets_safe_defaults():
-    res = extract_resources({"path": "results/zoo/tiny"}, 1, default_gpu=0)
-    # 1B float32 assumed: 4.8 + 2 GB on the host, 45 minutes
-    assert res == {"gpu": 0, "mem_mb": 6800, "runtime": 45, "cpus_per_gpu": DEFAULT_CPUS_PER_GPU}
-    tiny = extract_resources({"total_params": 1e5}, 1, 0)
-    assert tiny["mem_mb"] == 2001  # ceil(0.00048 + 2 GB), never below MIN_MEM_MB
-    assert tiny["mem_mb"] >= MIN_MEM_MB
+def test_model_without_size_gets_a_1b_request_and_tiny_ones_the_floor():
+    res = extract_resources({"path": "results/zoo/tiny"}, 1, CPU)
+    # 1B float32 assumed: 4.8 + 2 GB on the host, 30 + 15 minutes
+    assert res == {"gpu": 0, "mem_mb": 6800, "runtime": 45, "cpus_per_gpu": 4}
+    assert extract_resources({"total_params": 1e5}, 1, CPU)["mem_mb"] == 2001  # 0.00048 + 2 GB
+    assert extract_resources({"total_params": 1e5}, 1, settings(min_mem_mb=3000))["mem_mb"] == 3000
     assert all(isinstance(value, int) for value in res.values())
 
 
+def test_unknown_or_bad_settings_name_the_key():
+    with pytest.raises(ConfigError, match="resources"):
+        settings(gpu_mem=80)
+    with pytest.raises(ConfigError, match="resources.memory_overhead"):
+        settings(memory_overhead=0.5)
+
+
 @pytest.mark.parametrize(
-    ("attempt", "default_gpu", "message"),
+    ("attempt", "gpu", "message"),
     [(0, 0, "attempt must be >= 1"), (1, -1, "'resources.gpu' must be >= 0")],
 )
-def test_bad_arguments_name_the_problem(attempt, default_gpu, message):
+def test_bad_arguments_name_the_problem(attempt, gpu, message):
     with pytest.raises(ValueError, match=message):
-        extract_resources({"total_params": 1e9}, attempt, default_gpu)
+        extract_resources({"total_params": 1e9}, attempt, {"gpu": gpu})

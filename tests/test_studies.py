@@ -3,7 +3,6 @@ workflow is complete) plan the expected jobs in a Snakemake dry run."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -17,13 +16,13 @@ import yaml
 
 from exitbench.config import validate_config
 from exitbench.registry import fill_metadata, load_registry, registry_record
+from exitbench.resources import extract_resources
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "studies" / "paper.yaml"
 SINGLE_GPU = REPO / "studies" / "single-gpu.yaml"
 STUDIES = [PAPER, SINGLE_GPU]
 SNAKEFILE = REPO / "Snakefile"
-GPU_BYTES = 80e9
 DRY_RUN_LIMIT_S = 60
 
 
@@ -113,32 +112,45 @@ def test_paper_scope(registry):
         assert generation in {entry["generation"] for entry in models.values()}, generation
 
 
+def lower_bound_gb(entry: dict, record: dict, config: dict) -> float:
+    """What one extract job needs on its GPUs at the least: the bf16 weights plus the hidden
+    states of every layer for one batch (registry layers and hidden size), in GB."""
+    weights = 2 * entry["total_params"]
+    tokens = config["extract"]["batch_size"] * config["tokenize"]["seq_len"]
+    layers, hidden = record.get("layers"), record.get("hidden")
+    states = (layers + 1) * tokens * hidden * 2 if layers and hidden else 0
+    return (weights + states) / 1e9
+
+
 @pytest.mark.parametrize("study", STUDIES, ids=lambda path: path.stem)
 def test_resources_fit_the_models(study, registry):
-    """bf16 weights (2 B/param) plus headroom fit the GPUs asked for, and no more than needed."""
-    for name, entry in load(study)["models"].items():
-        params = registry_record(registry, entry["hf_id"])["total_params"]
-        resources = entry["resources"]
-        weights = 2 * params
-        assert weights * 1.05 + 2e9 <= resources["gpu"] * GPU_BYTES, name
-        assert resources["gpu"] == max(
-            1, math.ceil((weights + max(4e9, 0.08 * weights)) / GPU_BYTES)
-        )
-        assert resources["mem_mb"] >= 16000 and resources["runtime"] >= 30, name
-        if params >= 6.5e10:
-            assert resources["gpu"] == 2, f"{name}: a 70B-class model gets 2 x 80 GB"
+    """Each model's planned request holds what it needs, and asks for more than the study's
+    floor of GPUs only where fewer could not hold the weights and hidden states."""
+    config = filled(study, registry)
+    settings = config["resources"]
+    card_gb = settings["gpu_memory_gb"]
+    for name, entry in config["models"].items():
+        planned = extract_resources(entry, 1, settings)
+        need_gb = lower_bound_gb(entry, registry_record(registry, entry["hf_id"]), config)
+        assert need_gb <= planned["gpu"] * card_gb, f"{name}: {need_gb:.0f} GB"
+        if planned["gpu"] > settings["gpu"]:
+            assert need_gb > (planned["gpu"] - 1) * card_gb, f"{name}: a GPU too many"
+        assert planned["mem_mb"] >= 16000 and planned["runtime"] >= 30, name
+        if entry["total_params"] >= 6.5e10:
+            assert planned["gpu"] == 2, f"{name}: a 70B-class model gets 2 x 80 GB"
 
 
 def test_single_gpu_subset(registry):
     paper = load(PAPER)["models"]
-    single = filled(SINGLE_GPU, registry)["models"]
+    config = filled(SINGLE_GPU, registry)
+    single = config["models"]
     for name, entry in single.items():
         assert name in paper, f"{name} is not in studies/paper.yaml"
         assert (entry["hf_id"], entry.get("revision")) == (
             paper[name]["hf_id"],
             paper[name].get("revision"),
         )
-        assert entry["resources"]["gpu"] == 1, name
+        assert extract_resources(entry, 1, config["resources"])["gpu"] == 1, name
         assert entry["gated"] is False, f"{name}: the single-GPU study runs without an HF token"
     weights_gb = sum(2 * entry["total_params"] for entry in single.values()) / 1e9
     assert weights_gb < 120, "downloads of the single-GPU study stay small"
@@ -161,45 +173,23 @@ def _workflow_complete() -> tuple[bool, str]:
     return True, ""
 
 
-def parse_job_stats(output: str) -> dict[str, int]:
-    """The rule -> job count table that Snakemake prints after 'Job stats:'."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
-    counts: dict[str, int] = {}
-    for line in lines[start + 1 :]:
-        fields = line.split()
-        if not fields:
-            if counts:
-                break
+def planned_jobs(output: str) -> list[dict]:
+    """The jobs of a dry run's log: rule, wildcards and resources of each `rule NAME:` block."""
+    jobs: list[dict] = []
+    for line in output.splitlines():
+        header = re.fullmatch(r"(?:local)?rule (\S+):", line)
+        if header:
+            jobs.append({"rule": header.group(1), "wildcards": {}, "resources": {}})
             continue
-        if len(fields) == 2 and fields[1].isdigit():
-            counts[fields[0]] = int(fields[1])
-    return counts
+        field = re.fullmatch(r"    (wildcards|resources): (.*)", line)
+        if jobs and field:
+            pairs = (item.split("=", 1) for item in field.group(2).split(", "))
+            jobs[-1][field.group(1)] = dict(pairs)
+    return jobs
 
 
-def expected_jobs(config: dict) -> dict[str, int]:
-    tokenize = {"max_sequences": 64, **config.get("tokenize", {})}
-    extract = {"shard_sequences": 32, **config.get("extract", {})}
-    n_shards = math.ceil(tokenize["max_sequences"] / extract["shard_sequences"])
-    n_models, n_workloads = len(config["models"]), len(config["workloads"])
-    pairs = n_models * n_workloads
-    return {
-        "workload": n_workloads,
-        "describe_model": n_models,
-        "tokenize": pairs,
-        "extract": pairs * n_shards,
-        "score": pairs,
-        "aggregate": 1,
-        "figures": 1,
-    }
-
-
-def test_parse_job_stats():
-    output = (
-        "Building DAG of jobs...\nJob stats:\njob       count\n------  -------\n"
-        "all           1\nextract      12\ntotal        13\n\nrule extract:\n"
-    )
-    assert parse_job_stats(output) == {"all": 1, "extract": 12, "total": 13}
+# Shards per (model, workload), as each study's comments promise: 256 / 128 and 128 / 128 windows.
+SHARDS = {PAPER: 2, SINGLE_GPU: 1}
 
 
 def _snakemake_command() -> list[str]:
@@ -208,7 +198,7 @@ def _snakemake_command() -> list[str]:
 
 
 @pytest.mark.parametrize("study", STUDIES, ids=lambda path: path.stem)
-def test_dry_run_plans_the_expected_jobs(study, tmp_path):
+def test_dry_run_plans_the_expected_jobs(study, registry, tmp_path):
     complete, reason = _workflow_complete()
     if not complete:
         pytest.skip(reason)
@@ -233,8 +223,30 @@ def test_dry_run_plans_the_expected_jobs(study, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert elapsed < DRY_RUN_LIMIT_S, f"dry run took {elapsed:.0f} s"
-    counts = parse_job_stats(output)
-    expected = expected_jobs(load(study))
-    assert {rule: counts.get(rule, 0) for rule in expected} == expected
-    assert not [rule for rule in counts if "zoo" in rule or "train" in rule], counts
-    assert counts["total"] == sum(counts[rule] for rule in counts if rule != "total")
+    config = filled(study, registry)
+    models, workloads = list(config["models"]), list(config["workloads"])
+    pairs = {(model, workload) for model in models for workload in workloads}
+    jobs = planned_jobs(output)
+    by_rule: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_rule.setdefault(job["rule"], []).append(job)
+    assert not [rule for rule in by_rule if "zoo" in rule or "train" in rule], sorted(by_rule)
+
+    def keys(rule: str, *names: str) -> list[tuple]:
+        return [tuple(job["wildcards"][name] for name in names) for job in by_rule[rule]]
+
+    # exactly one job per model, pair and shard: no duplicates, none missing
+    assert sorted(keys("workload", "workload")) == sorted((w,) for w in workloads)
+    assert sorted(keys("describe_model", "model")) == sorted((m,) for m in models)
+    assert sorted(keys("tokenize", "model", "workload")) == sorted(pairs)
+    assert sorted(keys("score", "model", "workload")) == sorted(pairs)
+    shards = [(m, w, str(k)) for m, w in pairs for k in range(SHARDS[study])]
+    assert sorted(keys("extract", "model", "workload", "shard")) == sorted(shards)
+    assert len(by_rule["aggregate"]) == len(by_rule["figures"]) == 1
+
+    # each extract job asks for what exitbench.resources derives from the study's settings
+    for job in by_rule["extract"]:
+        entry = config["models"][job["wildcards"]["model"]]
+        derived = extract_resources(entry, 1, config["resources"])
+        planned = {key: int(job["resources"][key]) for key in ("gpu", "mem_mb", "runtime")}
+        assert planned == {key: derived[key] for key in planned}, job["wildcards"]

@@ -121,15 +121,12 @@ def write_failure_summary():
     )
 
 
-DEFAULT_GPU = int(config.get("resources", {}).get("gpu", 0))
-
-
 def extract_resource(key):
     """Per-model cluster request for an extract job (exitbench.resources), by attempt."""
 
     def get(wildcards, attempt):
         entry = config["models"][wildcards.model]
         # None (no such resource) where the model names no GPU type
-        return extract_resources(entry, attempt, DEFAULT_GPU).get(key)
+        return extract_resources(entry, attempt, config["resources"]).get(key)
 
     return get
