@@ -29,11 +29,18 @@ context (what teacher-forced scoring of a window costs), not a batched decode
 with a KV cache of another length; SSM scans use the recurrent (decode)
 form; MLA (DeepSeek) is counted without weight absorption; small norms inside
 Jamba's mixer, Zamba2's LoRA adapters beyond their matmuls, biases and
-embedding look-ups are left out; parameter counts ignore biases.
+embedding look-ups are left out of the FLOPs.
 
-Architecture differences sit in one table, :data:`ARCHITECTURES`
-(model_type -> layer plan, MLP kind, head kind). Unknown model types fall
-back to a generic transformer plan with a logged warning.
+Parameter counts are exact: :func:`parameter_counts` equals
+``sum(p.numel() for p in model.parameters())`` of the model built from the
+config (biases, every norm, learned positions, an untied head, shared blocks
+once, a vision tower), which ``tests/test_architectures.py`` checks for every
+supported type. Blocks that hold parameters but whose FLOPs are ignored
+(norms, biases) carry ``flops = 0``.
+
+Per-architecture facts (layer plan, MLP kind, head kind, biases, norms) come
+from the one table, :data:`exitbench.architectures.ARCHITECTURES`; a
+model_type not in it raises :class:`~exitbench.architectures.UnsupportedArchitecture`.
 """
 
 from __future__ import annotations
@@ -46,10 +53,11 @@ from typing import Any
 
 import numpy as np
 
+from exitbench.architectures import Architecture, check_supported, config_value, text_config
+
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ARCHITECTURES",
     "Block",
     "FlopModel",
     "FlopModelError",
@@ -59,7 +67,6 @@ __all__ = [
     "layer_blocks",
     "layer_flops",
     "parameter_counts",
-    "text_config",
 ]
 
 
@@ -80,115 +87,55 @@ class Block:
     shared: str | None = None
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to build one architecture's layers.
-
-    plan: layer planner (key of :data:`_PLANS`); gated_mlp: dense MLP has 3
-    matrices (SwiGLU/GeGLU) instead of 2; head: ``"plain"`` (2 d V) or
-    ``"opt"`` (project_out d -> word_embed_proj_dim before the head).
-    """
-
-    plan: str = "transformer"
-    gated_mlp: bool = True
-    head: str = "plain"
-
-
-# The one table of per-architecture facts. Add an entry (and a test) per new model_type.
-ARCHITECTURES: dict[str, ArchSpec] = {
-    # dense transformers, plain 2-matrix MLP
-    "gpt2": ArchSpec(gated_mlp=False),
-    "gpt_neox": ArchSpec(gated_mlp=False),
-    "gptj": ArchSpec(gated_mlp=False),
-    "gpt_neo": ArchSpec(gated_mlp=False),
-    "gpt_bigcode": ArchSpec(gated_mlp=False),
-    "opt": ArchSpec(gated_mlp=False, head="opt"),
-    "phi": ArchSpec(gated_mlp=False),
-    "falcon": ArchSpec(gated_mlp=False),
-    "bloom": ArchSpec(gated_mlp=False),
-    "starcoder2": ArchSpec(gated_mlp=False),
-    # dense transformers, gated MLP
-    "llama": ArchSpec(),
-    "mistral": ArchSpec(),
-    "qwen2": ArchSpec(),
-    "qwen3": ArchSpec(),
-    "gemma": ArchSpec(),
-    "gemma2": ArchSpec(),
-    "gemma3": ArchSpec(),
-    "gemma3_text": ArchSpec(),
-    "olmo": ArchSpec(),
-    "olmo2": ArchSpec(),
-    "olmo3": ArchSpec(),
-    "phi3": ArchSpec(),
-    "cohere": ArchSpec(),
-    "cohere2": ArchSpec(),
-    "granite": ArchSpec(),
-    "smollm3": ArchSpec(),
-    # MoE transformers (gated experts; membership rules read from the config)
-    "mixtral": ArchSpec(),
-    "olmoe": ArchSpec(),
-    "qwen2_moe": ArchSpec(),
-    "qwen3_moe": ArchSpec(),
-    "granitemoe": ArchSpec(),
-    "phimoe": ArchSpec(),
-    "deepseek_v2": ArchSpec(),
-    "deepseek_v3": ArchSpec(),
-    # state-space models and hybrids
-    "mamba": ArchSpec(plan="mamba"),
-    "falcon_mamba": ArchSpec(plan="mamba"),
-    "mamba2": ArchSpec(plan="mamba2"),
-    "jamba": ArchSpec(plan="jamba"),
-    "zamba2": ArchSpec(plan="zamba2"),
-    "granitemoehybrid": ArchSpec(plan="granitemoehybrid"),
-}
-
 _ATTENTION_TYPES = {"attention", "full_attention", "sliding_attention", "chunked_attention"}
+_NORM_WEIGHTS = {"weight": 1, "weight_bias": 2, "none": 0}  # parameters per unit of width
 
 
 class _Config:
-    """Key lookup over a config dict that names the config in its errors."""
+    """Key lookup over the language-model part of a config dict, naming the config in its errors.
+
+    ``architecture`` is the table entry of the top-level ``model_type`` (for a
+    multimodal wrapper such as Gemma-3, the wrapper's entry).
+    """
 
     def __init__(self, config: Mapping[str, Any]):
-        self.raw = dict(config)
+        self.outer = dict(config)
+        self.raw = dict(text_config(self.outer))
         self.model_type = str(self.raw.get("model_type", "?"))
+        self.architecture: Architecture = check_supported(self.outer.get("model_type"))
 
-    def get(self, *keys: str, default: Any = ...) -> Any:
-        for key in keys:
-            value = self.raw.get(key)
-            if value is not None:
-                return value
+    def fact(self, name: str, default: Any = ...) -> Any:
+        """A fact of :data:`exitbench.architectures.CONFIG_KEYS` (``hidden_size``, ...)."""
+        try:
+            return config_value(self.raw, name)
+        except KeyError as err:
+            if default is ...:
+                raise FlopModelError(
+                    f"{err.args[0]}, which the FLOP model needs (exitbench/flops.py)"
+                ) from None
+            return default
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        value = self.raw.get(key)
+        if value is not None:
+            return value
         if default is ...:
             raise FlopModelError(
-                f"config of model_type {self.model_type!r} has none of the keys {list(keys)} "
-                "that the FLOP model needs (exitbench/flops.py ARCHITECTURES)"
+                f"config of model_type {self.model_type!r} has no key {key!r}, which the FLOP "
+                "model needs (exitbench/flops.py)"
             )
         return default
 
     def has(self, key: str) -> bool:
         return self.raw.get(key) is not None
 
+    def switch(self, value: bool | str) -> bool:
+        """A table fact that is always on (True), off (False) or the config key that turns it on."""
+        return value if isinstance(value, bool) else bool(self.raw.get(value))
 
-def text_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The language-model part of a config dict: ``text_config`` of multimodal
-    wrappers (Gemma-3 >= 4B, Llava-style), else the dict itself."""
-    sub = config.get("text_config")
-    if isinstance(sub, Mapping) and not any(
-        config.get(k) is not None for k in ("hidden_size", "n_embd", "d_model")
-    ):
-        return dict(sub)
-    return dict(config)
-
-
-def _spec(cfg: _Config) -> ArchSpec:
-    spec = ARCHITECTURES.get(cfg.model_type)
-    if spec is None:
-        log.warning(
-            "FLOP model: unknown model_type %r, using a generic transformer with a gated MLP "
-            "(add it to exitbench.flops.ARCHITECTURES)",
-            cfg.model_type,
-        )
-        return ArchSpec()
-    return spec
+    def norm_params(self, width: float) -> float:
+        """Parameters of one of this architecture's norms over ``width`` features."""
+        return _NORM_WEIGHTS[self.architecture.norm] * width
 
 
 def average_context(seq_len: int, window: int | None = None) -> float:
@@ -262,7 +209,15 @@ def _moe(
     return Block("moe", params, active, 2 * active)
 
 
-def _mamba1(d: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int) -> Block:
+def _mamba1(
+    d: int,
+    d_inner: int,
+    d_state: int,
+    dt_rank: int,
+    d_conv: int,
+    conv_bias: bool = True,
+    proj_bias: bool = False,
+) -> Block:
     """Mamba-1 mixer per token: in_proj ``2 d 2 d_in``, depthwise conv
     ``2 d_in k``, x_proj ``2 d_in (r + 2 N)``, dt_proj ``2 r d_in``, selective
     scan ``9 d_in N`` (exp(Delta A) 2, Delta B x 2, state update 2, C h 2,
@@ -270,54 +225,65 @@ def _mamba1(d: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int) -> Bl
     D skip and SiLU gate ``4 d_in``, out_proj ``2 d_in d``."""
     matmul = d * 2 * d_inner + d_inner * d_conv + d_inner * (dt_rank + 2 * d_state)
     matmul += dt_rank * d_inner + d_inner * d
-    params = matmul + d_inner * d_state + 3 * d_inner  # A, D, dt bias, conv bias
+    params = matmul + d_inner * d_state + 2 * d_inner  # A, D, dt bias
+    params += d_inner if conv_bias else 0
+    params += 2 * d_inner + d if proj_bias else 0  # in_proj and out_proj biases
     return Block("mamba", params, params, 2 * matmul + 9 * d_inner * d_state + 4 * d_inner)
 
 
-def _mamba2(d: int, d_inner: int, n_heads: int, n_groups: int, d_state: int, d_conv: int) -> Block:
+def _mamba2(
+    d: int,
+    d_inner: int,
+    n_heads: int,
+    n_groups: int,
+    d_state: int,
+    d_conv: int,
+    conv_bias: bool = True,
+    proj_bias: bool = False,
+) -> Block:
     """Mamba-2 mixer per token (recurrent form, what one decode step costs):
     in_proj ``2 d (2 d_in + 2 G N + H)``, depthwise conv ``2 (d_in + 2 G N) k``,
     SSD state update and read-out ``5 d_in N`` (decay 1, dt x B outer product 1,
     add 1, C h 2), D skip ``2 d_in``, gated RMSNorm ``5 d_in``,
     out_proj ``2 d_in d``."""
     conv_dim = d_inner + 2 * n_groups * d_state
-    matmul = d * (2 * d_inner + 2 * n_groups * d_state + n_heads)
-    matmul += conv_dim * d_conv + d_inner * d
-    params = matmul + 3 * n_heads + d_inner + conv_dim  # A, D, dt bias, norm, conv bias
+    in_proj = 2 * d_inner + 2 * n_groups * d_state + n_heads
+    matmul = d * in_proj + conv_dim * d_conv + d_inner * d
+    params = matmul + 3 * n_heads + d_inner  # A, D, dt bias, norm
+    params += conv_dim if conv_bias else 0
+    params += in_proj + d if proj_bias else 0
     return Block("mamba2", params, params, 2 * matmul + 5 * d_inner * d_state + 7 * d_inner)
 
 
+def _weights(name: str, params: float) -> Block:
+    """Parameters whose FLOPs the model ignores (norms, biases, adapters' norms)."""
+    return Block(name, params, params, 0.0)
+
+
 def _norms(d: float, count: int = 2) -> Block:
-    """Norm weights (parameters only; FLOPs ignored)."""
-    return Block("norms", count * d, count * d, 0.0)
+    """``count`` RMSNorm weights of width ``d`` (parameters only; FLOPs ignored)."""
+    return _weights("norms", count * d)
 
 
 # ---------------------------------------------------------------- planners
 
 
 def _hidden(cfg: _Config) -> int:
-    return int(cfg.get("hidden_size", "n_embd", "d_model", "dim"))
+    return int(cfg.fact("hidden_size"))
 
 
 def _num_layers(cfg: _Config) -> int:
-    return int(cfg.get("num_hidden_layers", "n_layer", "num_layers", "n_layers"))
+    return int(cfg.fact("num_layers"))
 
 
 def _layer_types(cfg: _Config) -> list[str] | None:
-    types = cfg.get("layer_types", "layers_block_type", default=None)
+    types = cfg.fact("layer_types", default=None)
     return [str(t) for t in types] if types is not None else None
 
 
 def _attention_geometry(cfg: _Config, d: int) -> tuple[int, int, int]:
-    heads = int(cfg.get("num_attention_heads", "n_head", "num_heads"))
-    if cfg.has("num_key_value_heads"):
-        kv_heads = int(cfg.get("num_key_value_heads"))
-    elif cfg.has("num_kv_heads"):
-        kv_heads = int(cfg.get("num_kv_heads"))
-    elif cfg.raw.get("multi_query"):
-        kv_heads = 1
-    else:
-        kv_heads = heads
+    heads = int(cfg.fact("num_heads"))
+    kv_heads = int(cfg.fact("num_kv_heads", default=heads))
     head_dim = int(cfg.get("head_dim", default=d // heads))
     return heads, kv_heads, head_dim
 
@@ -334,7 +300,7 @@ def _window(cfg: _Config, layer: int) -> int | None:
 
 
 def _is_moe_layer(cfg: _Config, layer: int) -> bool:
-    n_experts = int(cfg.get("num_local_experts", "num_experts", "n_routed_experts", default=0))
+    n_experts = int(cfg.fact("num_experts", default=0))
     if n_experts <= 1:
         return False
     if layer in (cfg.get("mlp_only_layers", default=[]) or []):
@@ -346,48 +312,84 @@ def _is_moe_layer(cfg: _Config, layer: int) -> bool:
     return layer % int(cfg.get("moe_layer_freq", default=1)) == 0
 
 
-def _feed_forward(cfg: _Config, d: int, layer: int, gated: bool) -> Block:
+def _feed_forward(cfg: _Config, d: int, layer: int) -> list[Block]:
+    """The MoE or dense MLP of one transformer layer (with its biases, if any)."""
     if _is_moe_layer(cfg, layer):
-        n_experts = int(cfg.get("num_local_experts", "num_experts", "n_routed_experts"))
-        top_k = int(cfg.get("num_experts_per_tok", "top_k", "moe_top_k"))
-        expert = int(cfg.get("moe_intermediate_size", "intermediate_size"))
+        n_experts = int(cfg.fact("num_experts"))
+        top_k = int(cfg.fact("experts_per_token"))
+        expert = int(cfg.fact("expert_size"))
         shared = float(cfg.get("shared_expert_intermediate_size", default=0))
         if cfg.has("n_shared_experts"):
             shared += int(cfg.get("n_shared_experts")) * expert
         shared += float(cfg.get("shared_intermediate_size", default=0))
         gate = cfg.has("shared_expert_intermediate_size")
-        return _moe(d, expert, n_experts, top_k, shared, gate)
-    intermediate = cfg.get(
-        "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", default=None
-    )
+        return [_moe(d, expert, n_experts, top_k, shared, gate)]
+    intermediate = cfg.fact("intermediate_size", default=None)
     if intermediate is None:
-        intermediate = 4 * d  # GPT-2 / Falcon default when n_inner is null
-    return _mlp(d, int(intermediate), gated)
+        intermediate = 4 * d  # GPT-2's default when n_inner is null
+    intermediate = int(intermediate)
+    gated = cfg.architecture.gated_mlp
+    blocks = [_mlp(d, intermediate, gated)]
+    if cfg.switch(cfg.architecture.mlp_bias):
+        blocks.append(_weights("mlp_bias", (2 if gated else 1) * intermediate + d))
+    return blocks
 
 
-def _plan_transformer(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list[Block]:
-    """Dense or MoE transformer layer: attention (GQA or MLA) + MLP or MoE."""
+def _attention_extras(cfg: _Config, d: int, heads: int, kv_heads: int, head_dim: int) -> Block:
+    """Attention biases and query/key norms of one transformer layer (parameters only)."""
+    architecture = cfg.architecture
+    params = 0.0
+    if cfg.switch(architecture.attention_bias):
+        params += (heads + 2 * kv_heads) * head_dim
+        params += d if architecture.attention_bias_on == "qkvo" else 0
+    qk_norm = architecture.qk_norm
+    if qk_norm is not None and (qk_norm.switch is None or cfg.switch(qk_norm.switch)):
+        if qk_norm.per == "head":
+            params += 2 * cfg.norm_params(head_dim)
+        else:
+            params += cfg.norm_params(heads * head_dim) + cfg.norm_params(kv_heads * head_dim)
+    return _weights("attention_extras", params)
+
+
+def _mla_norms(cfg: _Config) -> Block:
+    """The RMSNorms on MLA's compressed query and key/value (parameters only)."""
+    q_rank = cfg.get("q_lora_rank", default=None)
+    return _weights("mla_norms", int(cfg.get("kv_lora_rank")) + (int(q_rank) if q_rank else 0))
+
+
+def _plan_transformer(cfg: _Config, layer: int, seq_len: int) -> list[Block]:
+    """Dense or MoE transformer layer: attention (GQA or MLA) + MLP or MoE + norms."""
     d = _hidden(cfg)
     ctx = average_context(seq_len, _window(cfg, layer))
     if cfg.has("kv_lora_rank"):
-        attention = _mla_attention(cfg, d, ctx)
+        attention = [_mla_attention(cfg, d, ctx), _mla_norms(cfg)]
     else:
-        attention = _attention(d, d, *_attention_geometry(cfg, d), ctx)
-    return [attention, _feed_forward(cfg, d, layer, spec.gated_mlp), _norms(d)]
+        geometry = _attention_geometry(cfg, d)
+        attention = [_attention(d, d, *geometry, ctx), _attention_extras(cfg, d, *geometry)]
+    norms = _weights("norms", cfg.architecture.norms_per_layer * cfg.norm_params(d))
+    return [*attention, *_feed_forward(cfg, d, layer), norms]
 
 
-def _plan_mamba(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list[Block]:
+def _plan_mamba(cfg: _Config, layer: int, seq_len: int) -> list[Block]:
     """Mamba-1 / FalconMamba block: one mixer, no MLP."""
     d = _hidden(cfg)
     d_inner = cfg.get("intermediate_size", default=None)
     d_inner = int(d_inner) if d_inner is not None else int(float(cfg.get("expand")) * d)
     dt_rank = cfg.get("time_step_rank", default="auto")
     dt_rank = math.ceil(d / 16) if dt_rank == "auto" else int(dt_rank)
-    mixer = _mamba1(d, d_inner, int(cfg.get("state_size")), dt_rank, int(cfg.get("conv_kernel")))
+    mixer = _mamba1(
+        d,
+        d_inner,
+        int(cfg.get("state_size")),
+        dt_rank,
+        int(cfg.get("conv_kernel")),
+        conv_bias=cfg.switch("use_conv_bias"),
+        proj_bias=cfg.switch("use_bias"),
+    )
     return [mixer, _norms(d, 1)]
 
 
-def _plan_mamba2(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list[Block]:
+def _plan_mamba2(cfg: _Config, layer: int, seq_len: int) -> list[Block]:
     """Mamba-2 block: one SSD mixer, no MLP."""
     d = _hidden(cfg)
     d_inner = int(float(cfg.get("expand")) * d)
@@ -398,41 +400,49 @@ def _plan_mamba2(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list
         int(cfg.get("n_groups", default=1)),
         int(cfg.get("state_size")),
         int(cfg.get("conv_kernel")),
+        conv_bias=cfg.switch("use_conv_bias"),
+        proj_bias=cfg.switch("use_bias"),
     )
     return [mixer, _norms(d, 1)]
 
 
-def _plan_jamba(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list[Block]:
+def _plan_jamba(cfg: _Config, layer: int, seq_len: int) -> list[Block]:
     """Jamba: attention where ``layer % attn_layer_period == attn_layer_offset``,
-    else a Mamba-1 mixer; MoE where ``layer % expert_layer_period ==
-    expert_layer_offset``, else a dense gated MLP. (The small RMSNorms on
-    dt, B, C inside Jamba's mixer are ignored.)"""
+    else a Mamba-1 mixer (with RMSNorms on dt, B and C: parameters only); MoE
+    where ``layer % expert_layer_period == expert_layer_offset``, else a dense
+    gated MLP."""
     d = _hidden(cfg)
     if layer % int(cfg.get("attn_layer_period")) == int(cfg.get("attn_layer_offset")):
-        mixer = _attention(d, d, *_attention_geometry(cfg, d), average_context(seq_len))
+        mixer = [_attention(d, d, *_attention_geometry(cfg, d), average_context(seq_len))]
     else:
         dt_rank = cfg.get("mamba_dt_rank", default="auto")
         dt_rank = math.ceil(d / 16) if dt_rank == "auto" else int(dt_rank)
-        mixer = _mamba1(
-            d,
-            int(cfg.get("mamba_expand")) * d,
-            int(cfg.get("mamba_d_state")),
-            dt_rank,
-            int(cfg.get("mamba_d_conv")),
-        )
-    n_experts = int(cfg.get("num_experts", default=1))
+        d_state = int(cfg.get("mamba_d_state"))
+        mixer = [
+            _mamba1(
+                d,
+                int(cfg.get("mamba_expand")) * d,
+                d_state,
+                dt_rank,
+                int(cfg.get("mamba_d_conv")),
+                conv_bias=cfg.switch("mamba_conv_bias"),
+                proj_bias=cfg.switch("mamba_proj_bias"),
+            ),
+            _weights("mamba_norms", dt_rank + 2 * d_state),
+        ]
+    n_experts = int(cfg.fact("num_experts", default=1))
     if n_experts > 1 and layer % int(cfg.get("expert_layer_period")) == int(
         cfg.get("expert_layer_offset")
     ):
         mlp = _moe(
-            d, int(cfg.get("intermediate_size")), n_experts, int(cfg.get("num_experts_per_tok"))
+            d, int(cfg.get("intermediate_size")), n_experts, int(cfg.fact("experts_per_token"))
         )
     else:
         mlp = _mlp(d, int(cfg.get("intermediate_size")), gated=True)
-    return [mixer, mlp, _norms(d)]
+    return [*mixer, mlp, _norms(d)]
 
 
-def _plan_zamba2(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list[Block]:
+def _plan_zamba2(cfg: _Config, layer: int, seq_len: int) -> list[Block]:
     """Zamba2: every layer a Mamba-2 mixer; "hybrid" layers first run a shared
     transformer block on ``concat(h, embeddings)`` (width ``2 d``: q, k, v from
     2 d, o to d), its gated MLP on d, optional per-layer LoRA adapters
@@ -449,6 +459,8 @@ def _plan_zamba2(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list
             int(cfg.get("mamba_ngroups", default=1)),
             int(cfg.get("mamba_d_state")),
             int(cfg.get("mamba_d_conv")),
+            conv_bias=cfg.switch("use_conv_bias"),
+            proj_bias=cfg.switch("add_bias_linear"),
         ),
         _norms(d, 1),
     ]
@@ -457,8 +469,8 @@ def _plan_zamba2(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list
         hybrid_index = sum(t == "hybrid" for t in types[:layer])
         shared = f"zamba2_shared_{hybrid_index % int(cfg.get('num_mem_blocks', default=1))}"
         width = int(cfg.get("attention_hidden_size", default=2 * d))
-        heads = int(cfg.get("num_attention_heads"))
-        kv_heads = int(cfg.get("num_key_value_heads", default=heads))
+        heads = int(cfg.fact("num_heads"))
+        kv_heads = int(cfg.fact("num_kv_heads", default=heads))
         head_dim = int(cfg.get("attention_head_dim", default=width // heads))
         intermediate = int(cfg.get("intermediate_size"))
         attention = _attention(width, d, heads, kv_heads, head_dim, average_context(seq_len))
@@ -472,7 +484,8 @@ def _plan_zamba2(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list
                 shared,
             ),
             Block("shared_mlp", mlp.params, mlp.active_params, mlp.flops, shared),
-            Block("shared_norms", 2 * width, 2 * width, 0.0, shared),
+            # input norm on the 2 d concatenation, pre-MLP norm on d
+            Block("shared_norms", width + d, width + d, 0.0, shared),
             _linear("hybrid_linear", d, d),
         ]
         rank = int(cfg.get("adapter_rank", default=0))
@@ -483,30 +496,38 @@ def _plan_zamba2(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list
     return blocks
 
 
-def _plan_granitemoehybrid(cfg: _Config, spec: ArchSpec, layer: int, seq_len: int) -> list[Block]:
+def _plan_granitemoehybrid(cfg: _Config, layer: int, seq_len: int) -> list[Block]:
     """Granite-4.0-H: attention or Mamba-2 mixer per ``layer_types``, then an
     MoE (if ``num_local_experts > 0``) plus an always-on shared gated MLP of
     ``shared_intermediate_size``."""
     d = _hidden(cfg)
     types = _layer_types(cfg) or []
     if layer < len(types) and types[layer] in _ATTENTION_TYPES:
-        mixer = _attention(d, d, *_attention_geometry(cfg, d), average_context(seq_len))
+        geometry = _attention_geometry(cfg, d)
+        mixer = [
+            _attention(d, d, *geometry, average_context(seq_len)),
+            _attention_extras(cfg, d, *geometry),
+        ]
     else:
-        mixer = _mamba2(
-            d,
-            int(float(cfg.get("mamba_expand")) * d),
-            int(cfg.get("mamba_n_heads")),
-            int(cfg.get("mamba_n_groups", default=1)),
-            int(cfg.get("mamba_d_state")),
-            int(cfg.get("mamba_d_conv")),
-        )
-    blocks = [mixer, _norms(d)]
-    n_experts = int(cfg.get("num_local_experts", default=0))
+        mixer = [
+            _mamba2(
+                d,
+                int(float(cfg.get("mamba_expand")) * d),
+                int(cfg.get("mamba_n_heads")),
+                int(cfg.get("mamba_n_groups", default=1)),
+                int(cfg.get("mamba_d_state")),
+                int(cfg.get("mamba_d_conv")),
+                conv_bias=cfg.switch("mamba_conv_bias"),
+                proj_bias=cfg.switch("mamba_proj_bias"),
+            )
+        ]
+    blocks = [*mixer, _norms(d)]
+    n_experts = int(cfg.fact("num_experts", default=0))
     shared = float(cfg.get("shared_intermediate_size", default=0))
     if n_experts > 0:
         blocks.append(
             _moe(
-                d, int(cfg.get("intermediate_size")), n_experts, int(cfg.get("num_experts_per_tok"))
+                d, int(cfg.get("intermediate_size")), n_experts, int(cfg.fact("experts_per_token"))
             )
         )
     if shared:
@@ -514,7 +535,7 @@ def _plan_granitemoehybrid(cfg: _Config, spec: ArchSpec, layer: int, seq_len: in
     return blocks
 
 
-_PLANS: dict[str, Callable[[_Config, ArchSpec, int, int], list[Block]]] = {
+_PLANS: dict[str, Callable[[_Config, int, int], list[Block]]] = {
     "transformer": _plan_transformer,
     "mamba": _plan_mamba,
     "mamba2": _plan_mamba2,
@@ -528,11 +549,14 @@ _PLANS: dict[str, Callable[[_Config, ArchSpec, int, int], list[Block]]] = {
 
 
 def layer_blocks(config: Mapping[str, Any], seq_len: int) -> list[list[Block]]:
-    """The blocks of each layer 1..L (list index 0 = layer 1)."""
-    cfg = _Config(text_config(config))
-    spec = _spec(cfg)
-    plan = _PLANS[spec.plan]
-    return [plan(cfg, spec, layer, seq_len) for layer in range(_num_layers(cfg))]
+    """The blocks of each layer 1..L (list index 0 = layer 1).
+
+    Raises :class:`~exitbench.architectures.UnsupportedArchitecture` for a
+    model_type not in the table, :class:`FlopModelError` for a missing key.
+    """
+    cfg = _Config(config)
+    plan = _PLANS[cfg.architecture.plan]
+    return [plan(cfg, layer, seq_len) for layer in range(_num_layers(cfg))]
 
 
 def layer_flops(config: Mapping[str, Any], seq_len: int) -> list[float]:
@@ -540,15 +564,21 @@ def layer_flops(config: Mapping[str, Any], seq_len: int) -> list[float]:
     return [float(sum(b.flops for b in blocks)) for blocks in layer_blocks(config, seq_len)]
 
 
+def _head_input_width(cfg: _Config) -> int:
+    """Width of the head's input: d, or OPT's ``word_embed_proj_dim``."""
+    d = _hidden(cfg)
+    if cfg.architecture.head == "opt":
+        return int(cfg.get("word_embed_proj_dim", default=d))
+    return d
+
+
 def head_flops(config: Mapping[str, Any]) -> float:
     """Per-token FLOPs of one exit check: ``2 d V`` for the LM head; OPT with
     ``word_embed_proj_dim != d`` adds ``project_out``: ``2 d d_p + 2 d_p V``."""
-    cfg = _Config(text_config(config))
-    d, vocab = _hidden(cfg), int(cfg.get("vocab_size"))
-    if _spec(cfg).head == "opt":
-        d_proj = int(cfg.get("word_embed_proj_dim", default=d))
-        if d_proj != d:
-            return float(2 * d * d_proj + 2 * d_proj * vocab)
+    cfg = _Config(config)
+    d, d_head, vocab = _hidden(cfg), _head_input_width(cfg), int(cfg.fact("vocab_size"))
+    if d_head != d:
+        return float(2 * d * d_head + 2 * d_head * vocab)
     return float(2 * d * vocab)
 
 
@@ -594,32 +624,61 @@ def flop_model(config: Mapping[str, Any], seq_len: int) -> FlopModel:
     return FlopModel(tuple(layer_flops(config, seq_len)), head_flops(config))
 
 
-def parameter_counts(config: Mapping[str, Any]) -> tuple[int, int]:
-    """Estimated ``(total, active)`` parameters from a config dict.
+def _embedding_params(cfg: _Config) -> float:
+    """Token embeddings, learned positions, OPT's project_in/out, the head if untied, final norm."""
+    architecture = cfg.architecture
+    d, d_head, vocab = _hidden(cfg), _head_input_width(cfg), int(cfg.fact("vocab_size"))
+    params = float(vocab * d_head)
+    if d_head != d:
+        params += 2 * d * d_head  # project_in and project_out
+    if architecture.learned_positions is not None:
+        params += (int(cfg.fact("max_positions")) + architecture.learned_positions) * d
+    tied = cfg.raw.get("tie_word_embeddings", cfg.outer.get("tie_word_embeddings", True))
+    params += 0 if tied else vocab * d_head
+    params += vocab if architecture.head_bias else 0
+    switch = architecture.final_norm_switch
+    params += cfg.norm_params(d) if switch is None or cfg.switch(switch) else 0
+    return params
 
-    total = embeddings (+ learned positions for GPT-2/OPT, + untied head)
-    + every layer's weights (all experts, shared blocks once) + final norm;
-    active = the same with only ``top_k`` experts per MoE layer. Biases are
-    ignored, so expect agreement with published sizes to within a few percent.
+
+def _siglip_params(vision: Mapping[str, Any], text_width: int) -> float:
+    """A SigLIP vision tower (Gemma-3) and the projector into the text model.
+
+    Patch embedding ``3 p^2 C + C``, positions ``(image/p)^2 C``; per layer two
+    LayerNorms ``4 C``, q/k/v/o with biases ``4 (C^2 + C)``, MLP ``2 C I + I + C``;
+    post LayerNorm ``2 C``; the optional attention-pooling head; projector
+    ``C d + C`` (its RMSNorm)."""
+    width, inner = int(vision["hidden_size"]), int(vision["intermediate_size"])
+    patch, image = int(vision["patch_size"]), int(vision["image_size"])
+    channels = int(vision.get("num_channels", 3))
+    mlp = 2 * width * inner + inner + width
+    layer = 4 * width + 4 * (width * width + width) + mlp
+    params = channels * patch * patch * width + width + (image // patch) ** 2 * width
+    params += int(vision["num_hidden_layers"]) * layer + 2 * width
+    if vision.get("vision_use_head", True):
+        params += width + 3 * width * width + 3 * width + width * width + width + 2 * width + mlp
+    return params + width * text_width + width
+
+
+def parameter_counts(config: Mapping[str, Any]) -> tuple[int, int]:
+    """``(total, active)`` parameters of the model a config dict builds.
+
+    total = embeddings (+ learned positions, + untied head, + head bias) + final
+    norm + every layer's weights, biases and norms (all experts, shared blocks
+    once) + a vision tower; equal to ``sum(p.numel())`` of the built model.
+    active = the same with only ``top_k`` routed experts (plus shared experts)
+    per MoE layer.
     """
-    cfg = _Config(text_config(config))
-    d, vocab = _hidden(cfg), int(cfg.get("vocab_size"))
-    spec = _spec(cfg)
-    embed = float(vocab * d)
-    if spec.head == "opt":
-        d_proj = int(cfg.get("word_embed_proj_dim", default=d))
-        embed = float(vocab * d_proj) + (2 * d * d_proj if d_proj != d else 0)
-    if cfg.model_type == "gpt2":
-        embed += int(cfg.get("n_positions")) * d
-    elif cfg.model_type == "opt":
-        embed += (int(cfg.get("max_position_embeddings")) + 2) * d
-    tied = cfg.raw.get("tie_word_embeddings", True)
-    head = (
-        0.0
-        if tied
-        else float(vocab * (d if spec.head != "opt" else cfg.get("word_embed_proj_dim", default=d)))
-    )
-    total = active = embed + head + d  # + final norm
+    cfg = _Config(config)
+    total = active = _embedding_params(cfg)
+    if cfg.architecture.vision_tower == "siglip":
+        vision = cfg.outer.get("vision_config")
+        if not isinstance(vision, Mapping):
+            raise FlopModelError(
+                f"config of model_type {cfg.outer.get('model_type')!r} has no 'vision_config', "
+                "which the parameter count needs (exitbench/flops.py)"
+            )
+        total = active = total + _siglip_params(vision, _hidden(cfg))
     seen_shared: set[tuple[str, str]] = set()
     for blocks in layer_blocks(config, seq_len=1):
         for block in blocks:

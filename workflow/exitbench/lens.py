@@ -20,165 +20,43 @@ Transformer models (and the Jamba / Zamba2 hybrids) give
 (h_1, ..., h_L, norm(h_L)), so h_l = hidden_states[l - 1] for l < L. In both
 cases the lens takes layer L from ``hidden_states[-1]``.
 
-Every per-architecture fact sits in one table, :data:`ARCHITECTURES`
-(model_type -> :class:`ArchSpec`). Adding an architecture is adding an entry
-there and a case in ``tests/test_lens.py``.
+Every per-architecture fact (which module is the final norm, which post-head
+transform, how hidden states are indexed) comes from the one table,
+:data:`exitbench.architectures.ARCHITECTURES`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch
 
+from exitbench.architectures import (
+    Architecture,
+    PostHead,
+    UnsupportedArchitecture,
+    check_supported,
+    module_at,
+)
+
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ARCHITECTURES",
-    "ArchSpec",
-    "LogitLens",
-    "PostHead",
-    "UnsupportedArchitecture",
-    "check_supported",
-]
+__all__ = ["LogitLens", "apply_post_head"]
 
 
-class UnsupportedArchitecture(ValueError):
-    """The model's ``model_type`` has no entry in :data:`ARCHITECTURES`."""
+def apply_post_head(post_head: PostHead, logits: torch.Tensor, value: float) -> torch.Tensor:
+    """The model's post-head transform, with the same operations in the same order as its forward.
 
-
-@dataclass(frozen=True)
-class PostHead:
-    """A transform the model applies to the head's output, with c = ``model.config.<config_key>``.
-
-    ``softcap``: c * tanh(x / c); ``multiply``: x * c; ``divide``: x / c.
-    Skipped when the config value is None (e.g. Gemma-3 without softcapping).
+    ``softcap``: c * tanh(x / c); ``multiply``: x * c; ``divide``: x / c, with c = ``value``.
     """
-
-    kind: Literal["softcap", "multiply", "divide"]
-    config_key: str
-
-    def apply(self, logits: torch.Tensor, value: float) -> torch.Tensor:
-        """The transform, with the same operations in the same order as the model's forward."""
-        if self.kind == "softcap":
-            return torch.tanh(logits / value) * value
-        if self.kind == "multiply":
-            return logits * value
-        if self.kind == "divide":
-            return logits / value
-        raise ValueError(f"unknown post-head transform kind {self.kind!r}")
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to decode one ``model_type``; module paths are relative to the *ForCausalLM.
-
-    - ``backbone``: the module whose forward returns ``hidden_states`` without the head.
-    - ``final_norm``: the final norm module. A path whose attribute is None on a
-      given model means that model has no final norm (OPT with
-      ``do_layer_norm_before=False``).
-    - ``pre_head``: a projection between norm and head (OPT's ``project_out``,
-      None on models where hidden size equals the embedding size).
-    - ``post_head``: the transform applied to the head's logits.
-    - ``embedding_entry``: ``hidden_states[0]`` is the embedding output, so
-      ``hidden_states[l]`` = h_l; without it (Mamba family) h_l = ``hidden_states[l - 1]``.
-    - ``last_is_head_input``: ``hidden_states[-1]`` has already been through
-      ``final_norm`` and ``pre_head``, so layer L goes straight into the head.
-    """
-
-    backbone: str
-    final_norm: str
-    pre_head: str | None = None
-    post_head: PostHead | None = None
-    embedding_entry: bool = True
-    last_is_head_input: bool = True
-
-
-_SOFTCAP = PostHead("softcap", "final_logit_softcapping")
-_DIVIDE_LOGITS_SCALING = PostHead("divide", "logits_scaling")
-
-
-def _decoder(norm: str = "model.norm", **kwargs: Any) -> ArchSpec:
-    """The common layout: backbone ``model``, final norm ``model.norm``."""
-    return ArchSpec(backbone="model", final_norm=norm, **kwargs)
-
-
-def _mamba() -> ArchSpec:
-    """Mamba / Mamba2 / FalconMamba: no embedding entry in hidden_states."""
-    return ArchSpec(backbone="backbone", final_norm="backbone.norm_f", embedding_entry=False)
-
-
-#: model_type -> how to decode its hidden states. THE one table of architecture facts.
-ARCHITECTURES: dict[str, ArchSpec] = {
-    # Older recipes: LayerNorm, learned positions.
-    "gpt2": ArchSpec(backbone="transformer", final_norm="transformer.ln_f"),
-    "gpt_neox": ArchSpec(backbone="gpt_neox", final_norm="gpt_neox.final_layer_norm"),
-    # OPT-350m: post-LN (final_layer_norm is None) and project_out 1024 -> 512 before the head;
-    # its hidden_states[-1] is the projected 512-d state.
-    "opt": _decoder(norm="model.decoder.final_layer_norm", pre_head="model.decoder.project_out"),
-    "phi": _decoder(norm="model.final_layernorm"),  # head has a bias
-    # Llama-style decoders: RMSNorm (Gemma: x * (1 + w); OLMo: weightless LayerNorm).
-    "llama": _decoder(),
-    "mistral": _decoder(),
-    "qwen2": _decoder(),
-    "qwen3": _decoder(),
-    "phi3": _decoder(),
-    "olmo": _decoder(),
-    "olmo2": _decoder(),
-    "gemma": _decoder(),
-    "gemma2": _decoder(post_head=_SOFTCAP),
-    "gemma3_text": _decoder(post_head=_SOFTCAP),
-    # Gemma-3 >= 4B loads as Gemma3ForConditionalGeneration, whose forward applies no softcap.
-    "gemma3": _decoder(norm="model.language_model.norm"),
-    "cohere": _decoder(post_head=PostHead("multiply", "logit_scale")),
-    "granite": _decoder(post_head=_DIVIDE_LOGITS_SCALING),
-    # Mixture of experts.
-    "mixtral": _decoder(),
-    "qwen2_moe": _decoder(),
-    "qwen3_moe": _decoder(),
-    "olmoe": _decoder(),
-    "deepseek_v2": _decoder(),
-    "deepseek_v3": _decoder(),
-    "granitemoe": _decoder(post_head=_DIVIDE_LOGITS_SCALING),
-    # State-space models.
-    "mamba": _mamba(),
-    "mamba2": _mamba(),
-    "falcon_mamba": _mamba(),
-    # Hybrids: every layer (attention or Mamba) records its output; hidden_states[0] = embeddings.
-    "jamba": _decoder(norm="model.final_layernorm"),
-    "zamba2": _decoder(norm="model.final_layernorm"),
-    "granitemoehybrid": _decoder(post_head=_DIVIDE_LOGITS_SCALING),
-}
-
-
-def check_supported(model_type: str) -> ArchSpec:
-    """The table entry for ``model_type``; :class:`UnsupportedArchitecture` if there is none."""
-    spec = ARCHITECTURES.get(model_type)
-    if spec is None:
-        raise UnsupportedArchitecture(
-            f"model_type {model_type!r} is not supported by the logit lens; supported model "
-            f"types: {', '.join(sorted(ARCHITECTURES))}. Pick a model of a supported type, or "
-            "add an ArchSpec entry to exitbench.lens.ARCHITECTURES with a case in "
-            "tests/test_lens.py"
-        )
-    return spec
-
-
-def _resolve(model: torch.nn.Module, path: str) -> torch.nn.Module | None:
-    """The submodule at dotted ``path`` (None if the model sets that attribute to None)."""
-    module: Any = model
-    for part in path.split("."):
-        if not hasattr(module, part):
-            raise UnsupportedArchitecture(
-                f"{type(model).__name__} (model_type {model.config.model_type!r}) has no module "
-                f"{path!r} that exitbench.lens.ARCHITECTURES names; this transformers version "
-                "lays the model out differently: fix the table entry"
-            )
-        module = getattr(module, part)
-    return module
+    if post_head.kind == "softcap":
+        return torch.tanh(logits / value) * value
+    if post_head.kind == "multiply":
+        return logits * value
+    if post_head.kind == "divide":
+        return logits / value
+    raise ValueError(f"unknown post-head transform kind {post_head.kind!r}")
 
 
 def _device_of(module: torch.nn.Module | None) -> torch.device | None:
@@ -192,18 +70,18 @@ def _device_of(module: torch.nn.Module | None) -> torch.device | None:
 class LogitLens:
     """Decode hidden states of one loaded model; see the module docstring for the formulas."""
 
-    def __init__(self, model: torch.nn.Module, spec: ArchSpec) -> None:
+    def __init__(self, model: torch.nn.Module, spec: Architecture) -> None:
         self.model = model
         self.spec = spec
         self.model_type: str = model.config.model_type
-        self.backbone = _resolve(model, spec.backbone)
+        self.backbone = module_at(model, spec.backbone)
         if self.backbone is None:
             raise UnsupportedArchitecture(
                 f"{type(model).__name__}: backbone {spec.backbone!r} is None; fix the entry for "
-                f"{self.model_type!r} in exitbench.lens.ARCHITECTURES"
+                f"{self.model_type!r} in exitbench.architectures.ARCHITECTURES"
             )
-        self.norm = _resolve(model, spec.final_norm)
-        self.pre_head = _resolve(model, spec.pre_head) if spec.pre_head else None
+        self.norm = module_at(model, spec.final_norm)
+        self.pre_head = module_at(model, spec.pre_head) if spec.pre_head else None
         self.head = model.get_output_embeddings()
         if self.head is None:
             raise UnsupportedArchitecture(
@@ -271,11 +149,11 @@ class LogitLens:
         (its residual stream is float32 under bfloat16 weights); for every other model
         that cast is a no-op.
 
-        At layer L norm and proj are skipped when ``hidden_states[-1]`` is already
-        the head's input (the table's ``last_is_head_input``).
+        At layer L norm and proj are skipped: ``hidden_states[-1]`` is already the
+        head's input (the model's forward has applied them).
         """
         self._check_layer(layer)
-        if not (layer == self.num_layers and self.spec.last_is_head_input):
+        if layer != self.num_layers:
             if self.norm is not None:
                 hidden = self.norm(_to(hidden, self._norm_device))
             if self.pre_head is not None:
@@ -285,7 +163,7 @@ class LogitLens:
             hidden = hidden.to(self._head_dtype)
         logits = self.head(_to(hidden, self._head_device))
         if self.spec.post_head is not None and self.post_value is not None:
-            logits = self.spec.post_head.apply(logits, self.post_value)
+            logits = apply_post_head(self.spec.post_head, logits, self.post_value)
         return logits
 
     def forward_hidden_states(

@@ -9,7 +9,7 @@ same code.
 Every failure raises :class:`ModelLoadError` with one message that names the
 config key to fix (``models.<name>.path``, ``.hf_id``, ``.revision``,
 ``.dtype``), its value, and what to do. The architecture is checked against the
-lens table (:func:`exitbench.lens.check_supported`) from the config alone,
+architecture table (:func:`exitbench.architectures.check_supported`) from the config alone,
 before any weights are read.
 
 The hub's offline switch (``HF_HUB_OFFLINE=1``) and cache location
@@ -39,7 +39,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import repo_folder_name
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
-from exitbench import lens as lens_module
+from exitbench import architectures
+from exitbench.lens import LogitLens
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +233,8 @@ def load_config(name: str, entry: dict[str, Any]) -> PretrainedConfig:
             ) from err
         raise _explain(name, entry, err, "config.json") from err
     try:
-        lens_module.check_supported(config.model_type)
-    except lens_module.UnsupportedArchitecture as err:
+        architectures.check_supported(config.model_type)
+    except architectures.UnsupportedArchitecture as err:
         raise ModelLoadError(f"{_source_key(name, entry)}: {err}") from err
     return config
 
@@ -323,12 +324,8 @@ def load_model(
 
 def max_positions(config: PretrainedConfig) -> int | None:
     """Longest context (``max_position_embeddings`` / ``n_positions``); None for SSMs."""
-    text = config.get_text_config()
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(text, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    value = architectures.config_value(config, "max_positions", default=None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _json_safe(value: Any) -> Any:
@@ -345,8 +342,7 @@ def describe_model(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     config = load_config(name, entry)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    lens = lens_module.LogitLens.from_model(skeleton)
-    text = config.get_text_config()
+    lens = LogitLens.from_model(skeleton)
     source, revision = resolve_source(name, entry)
     return {
         "name": name,
@@ -357,10 +353,8 @@ def describe_model(name: str, entry: dict[str, Any]) -> dict[str, Any]:
         "model_type": config.model_type,
         "num_layers": int(lens.num_layers),
         "layer_numbers": [int(layer) for layer in lens.layer_numbers],
-        "hidden_size": int(
-            getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or 0
-        ),
-        "vocab_size": int(text.vocab_size),
+        "hidden_size": int(architectures.config_value(config, "hidden_size", default=0)),
+        "vocab_size": int(architectures.config_value(config, "vocab_size")),
         "max_positions": max_positions(config),
         "config": _json_safe(config.to_dict()),
     }
