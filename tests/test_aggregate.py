@@ -10,6 +10,7 @@ renders its figures from the same study.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from exitbench import aggregate
+from exitbench import aggregate, logs
 from exitbench.provenance import write_json
 from exitbench.tables import read_table, write_table
 
@@ -363,11 +364,121 @@ def _fake_summary(rows: list[dict[str, Any]]) -> pd.DataFrame:
 # ---------------------------------------------------------------- summary
 
 
-def test_fake_score_json_matches_headline_schema():
-    from exitbench.score import validate_headline
+def test_summary_row_copies_a_real_score_json(tmp_path: Path):
+    """The score stage's own output (not a fake) lands in the summary value for value."""
+    from test_score import hand_case, params
 
-    _, summary = fake_score("m", "w", 6, 0.3)
-    validate_headline(summary)
+    from exitbench import score
+
+    paths, tokens, info = hand_case(tmp_path)
+    table, headline = score.score_lens(paths, tokens, info, params(bootstrap=30), seed=0)
+    json_path = tmp_path / "scores" / "tiny" / "work.json"
+    score.write_scores(table, headline, json_path.with_suffix(".parquet"), json_path)
+    entry = {"family": "F", "arch": "dense", "release": "2024-01", "resources": {"gpu": 1}}
+    summary = aggregate.build_summary({("tiny", "work"): json_path}, {"tiny": entry})
+    row = summary.iloc[0]
+    written = json.loads(json_path.read_text())
+    assert row["status"] == "ok" and row["n_tokens"] == 6 and row["n_documents"] == 2
+    for metric in aggregate.HEADLINE_METRICS:
+        value = written["headline"][metric]
+        for column, key in [(metric, "estimate"), (f"{metric}_ci_low", "ci_low")]:
+            if value[key] is None:
+                assert pd.isna(row[column]), column
+            else:
+                assert row[column] == value[key], column
+    assert row["oracle_savings"] == pytest.approx(1 - 15 / 6 / 4)
+    assert row["best_measure_99"] == written["best_measure"]["0.99"]
+    assert row["flops_per_token"] == written["flops"]["full"]
+    assert row["family"] == "F" and row["release_year"] == 2024.0
+
+
+def test_model_metadata_keeps_only_what_the_summary_shows():
+    models = {
+        "a": {"path": "zoo/a", "arch": "dense", "resources": {"gpu": 1}, "dtype": "float32"},
+        "b": {"hf_id": "org/b", "tuning": "tuned", "base_model": "a"},
+    }
+    assert aggregate.model_metadata(models) == {
+        "a": {"arch": "dense", "path": "zoo/a", "dtype": "float32"},
+        "b": {"tuning": "tuned", "base_model": "a", "hf_id": "org/b"},
+    }
+
+
+def write_job_log(path: Path, *messages: tuple[int, str]) -> None:
+    """A job log as workflow scripts write it (exitbench.logs.FORMAT)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter(logs.FORMAT))
+    logger = logging.getLogger("exitbench.test_job")
+    logger.addHandler(handler)
+    try:
+        for level, message in messages:
+            logger.log(level, message)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_failed_pair_error_is_its_first_job_error_line(fake_study: FakeStudy, tmp_path: Path):
+    log_dir = fake_study.root / "results" / "logs"
+    write_job_log(log_dir / "tokenize" / "mamba" / "code.log", (logging.INFO, "tokenized: 3"))
+    write_job_log(
+        log_dir / "extract" / "mamba" / "code" / "shard-1.log",
+        (logging.INFO, "loading model"),
+        (logging.ERROR, "failed: CUDA out of memory: tried 2 GiB"),
+        (logging.ERROR, "a later error"),
+    )
+    assert logs.job_failure(log_dir, "mamba", "code") == (
+        "extract: failed: CUDA out of memory: tried 2 GiB"
+    )
+    assert logs.job_failure(log_dir, "mamba", "docs") is None
+    out = tmp_path / "out"
+    summary = aggregate.aggregate_files(
+        fake_study.score_jsons,
+        fake_study.models,
+        fake_study.model_infos,
+        out / "s.parquet",
+        out / "s.csv",
+        out / "t.csv",
+        out / "t.json",
+        n_boot=50,
+        log_dir=log_dir,
+    )
+    failed = summary[summary["status"] == "failed"]
+    assert failed["error"].tolist() == ["extract: failed: CUDA out of memory: tried 2 GiB"]
+
+
+def test_write_failure_summary_after_a_failed_run(
+    fake_study: FakeStudy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.chdir(fake_study.root)
+    config = {
+        "models": {
+            name: {**entry, "resources": {"gpu": 1}} for name, entry in fake_study.models.items()
+        },
+        "workloads": {name: {"source": "embedded"} for name in WORKLOADS},
+        "seed": 0,
+    }
+    write_job_log(
+        Path("results/logs/score/mamba/code.log"), (logging.ERROR, "failed: no lens shards")
+    )
+    with caplog.at_level(logging.WARNING, logger="exitbench"):
+        aggregate.write_failure_summary(config)
+    summary = read_table("results/summary.parquet", "summary").to_pandas()
+    assert len(summary) == len(FAKE_MODELS) * len(WORKLOADS)
+    failed = summary[summary["status"] == "failed"]
+    assert failed[["model", "workload", "error"]].values.tolist() == [
+        ["mamba", "code", "score: failed: no lens shards"]
+    ]
+    assert f"1 of {len(summary)} (model, workload) pairs failed" in caplog.text
+    assert "mamba / code: score: failed: no lens shards" in caplog.text
+    statistics = json.loads(Path("results/statistics.json").read_text())
+    assert statistics["params"]["seed"] == 0 and statistics["rows"]
+    assert Path("results/summary.csv").exists() and Path("results/statistics.csv").exists()
+    # its own failure is a warning, never an exception that would hide the run's error
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="exitbench"):
+        aggregate.write_failure_summary({"models": {}, "workloads": {}, "seed": 0})
+    assert "could not write a partial summary" in caplog.text
 
 
 def test_summary_rows_columns_and_values(fake_study: FakeStudy, tmp_path: Path):

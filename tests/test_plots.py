@@ -9,12 +9,15 @@ import re
 import struct
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
+from matplotlib.container import ErrorbarContainer
+from matplotlib.patches import Rectangle
 from test_aggregate import FAKE_MODELS, write_fake_study
 
-from exitbench import aggregate, plots
+from exitbench import aggregate, plots, selection
 from exitbench.tables import read_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +105,8 @@ def test_figures_render_without_metadata(tmp_path):
     summary["net_flop_savings_at_99"] = float("nan")
     headlines = {key: json.loads(path.read_text()) for key, path in study.score_jsons.items()}
     curves = pd.concat([read_table(p, "scores").to_pandas() for p in study.curves.values()])
-    data = plots.Study(summary, curves, headlines)
+    statistics = aggregate.claim_statistics(summary, n_boot=50)
+    data = plots.Study(summary, curves, statistics, headlines)
     for stem in STEMS:
         paths = plots.FIGURES[stem](data, tmp_path / "figures")
         assert [p.name for p in paths] == [f"{stem}.pdf", f"{stem}.png"]
@@ -192,3 +196,153 @@ def test_captions_render_as_restructuredtext(name):
     )["body"]
     assert len(html) > 200
     assert "{{" not in rst
+
+
+# ---------------------------------------------------------------- drawn values
+
+
+def render_keeping_figures(render, *args, **kwargs) -> dict:
+    """Run ``render(*args, **kwargs)`` and return ``{stem: matplotlib figure}`` it saved."""
+    figures = {}
+    save = plots._save
+
+    def keep(fig, out_dir, stem):
+        figures[stem] = fig
+        return save(fig, out_dir, stem)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "_save", keep)
+        render(*args, **kwargs)
+    return figures
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """A one-workload study rendered through the file entry point, its figures kept."""
+    root = tmp_path_factory.mktemp("drawn")
+    figures = render_keeping_figures(render_study, root, workloads=("docs",), failed=())
+    results = root / "results"
+    statistics = pd.DataFrame(json.loads((results / "statistics.json").read_text())["rows"])
+    summary = read_table(results / "summary.parquet", "summary").to_pandas()
+    return root, statistics, summary, figures
+
+
+def panel(fig, title: str):
+    (ax,) = [ax for ax in fig.axes if ax.get_title() == title]
+    return ax
+
+
+def stat_row(statistics: pd.DataFrame, analysis: str, metric: str, group: str) -> pd.Series:
+    hit = statistics[
+        (statistics["analysis"] == analysis)
+        & (statistics["metric"] == metric)
+        & (statistics["group"] == group)
+    ]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def errorbar_ranges(ax) -> list[tuple[float, float, float, float]]:
+    """(x, y, low, high) of every error bar in ``ax`` (vertical bars)."""
+    out = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer) and container.lines[2]:
+            (x,), (y,) = container.lines[0].get_xdata(), container.lines[0].get_ydata()
+            (segment,) = container.lines[2][0].get_segments()
+            out.append((x, y, float(segment[:, 1].min()), float(segment[:, 1].max())))
+    return out
+
+
+def test_release_trend_draws_the_statistics_table(drawn):
+    _, statistics, summary, figures = drawn
+    ax = panel(figures["release_trend"], plots.METRIC_TITLES["oracle_savings"])
+    stat = stat_row(statistics, "release_trend", "oracle_savings", "all")
+    (trend,) = [line for line in ax.lines if len(line.get_xdata()) > 1]
+    x, y = np.asarray(trend.get_xdata()), np.asarray(trend.get_ydata())
+    np.testing.assert_allclose(y, stat["intercept"] + stat["estimate"] * x, rtol=1e-12)
+    # one point per independent model with a release date, at its summary value and CI
+    models = selection.independent_models(summary)
+    models = models[models["release_year"].notna()]
+    expected = sorted(
+        zip(
+            models["release_year"],
+            models["oracle_savings"],
+            models["oracle_savings_ci_low"],
+            models["oracle_savings_ci_high"],
+            strict=True,
+        )
+    )
+    assert stat["models"] == ";".join(models["model"])
+    np.testing.assert_allclose(sorted(errorbar_ranges(ax)), expected, rtol=1e-12)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert f"slope {plots._fmt(stat['estimate'], 2)}/yr" in texts and f"n = {stat['n']}" in texts
+
+
+def test_arch_comparison_bars_are_the_class_means_of_the_table(drawn):
+    _, statistics, _, figures = drawn
+    ax = panel(figures["arch_comparison"], plots.METRIC_TITLES["savings_at_99"])
+    bars = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_height() != 0]
+    heights = [bar.get_height() for bar in sorted(bars, key=lambda b: b.get_x())]
+    means = statistics[
+        (statistics["analysis"] == "class_mean") & (statistics["metric"] == "savings_at_99")
+    ].set_index("group")
+    classes = [c for c in plots.ARCH_COLORS if c in means.index]
+    assert heights == pytest.approx(means.loc[classes, "estimate"].tolist())
+    # the black CI bars are the table's bootstrap CIs (classes with >= 2 models)
+    with_ci = means[means["ci_low"].notna()]
+    ranges = {round(y, 12): (low, high) for _, y, low, high in errorbar_ranges(ax)}
+    for _, row in with_ci.iterrows():
+        assert ranges[round(row["estimate"], 12)] == pytest.approx((row["ci_low"], row["ci_high"]))
+
+
+def test_figures_follow_the_statistics_file_not_a_recomputation(drawn, tmp_path):
+    """Edit a class mean in results/statistics.json: the figure shows the edited value."""
+    root, _, _, _ = drawn
+    results = root / "results"
+    data = json.loads((results / "statistics.json").read_text())
+    for row in data["rows"]:
+        if (row["analysis"], row["metric"], row["group"]) == (
+            "class_mean",
+            "oracle_savings",
+            "moe",
+        ):
+            row["estimate"] = 0.777
+    edited = tmp_path / "statistics.json"
+    edited.write_text(json.dumps(data))
+    figures = render_keeping_figures(
+        plots.figures_from_files,
+        results / "summary.parquet",
+        sorted((results / "scores").rglob("*.parquet")),
+        sorted((results / "scores").rglob("*.json")),
+        edited,
+        tmp_path / "figures",
+        stems=["arch_comparison"],
+    )
+    ax = panel(figures["arch_comparison"], plots.METRIC_TITLES["oracle_savings"])
+    heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
+    assert 0.777 in heights
+
+
+def test_agreement_curves_draw_the_scores_table(drawn):
+    root, _, _, figures = drawn
+    curve = read_table(root / "results" / "scores" / "llama-7b" / "docs.parquet", "scores")
+    curve = curve.to_pandas().sort_values("layer")
+    (line,) = [
+        line
+        for ax in figures["agreement_curves"].axes
+        for line in ax.lines
+        if line.get_label() == "llama-7b"
+    ]
+    np.testing.assert_array_equal(line.get_xdata(), curve["layer_fraction"])
+    np.testing.assert_array_equal(line.get_ydata(), curve["agreement"])
+    labels = {line.get_label() for ax in figures["agreement_curves"].axes for line in ax.lines}
+    assert "pythia-step1000" not in labels  # intermediate checkpoints are left out
+
+
+def test_base_vs_tuned_points_are_the_paired_differences_of_the_table(drawn):
+    _, statistics, _, figures = drawn
+    ax = panel(figures["base_vs_tuned"], plots.METRIC_TITLES["oracle_savings"])
+    pair = stat_row(statistics, "base_vs_tuned_pair", "oracle_savings", "llama-7b-chat - llama-7b")
+    xs = [line.get_xdata()[0] for line in ax.lines if len(line.get_xdata()) == 1]
+    assert pair["estimate"] == pytest.approx(0.26 - 0.30)
+    assert xs[0] == pair["estimate"]

@@ -24,10 +24,8 @@ lists the models that failed.
 * ``checkpoint_trend``: per training run (``checkpoint_of``), slope of the
   metric per log10(1 + training_step) and Spearman's rho.
 
-Cross-model analyses (trends, classes) count each independent model once:
-intermediate checkpoints are left out (a run is represented by the model named
-like the run, else by its latest checkpoint), and so are tuned models whose
-base is in the study (they enter the paired comparison). Every row lists the
+Cross-model analyses (trends, classes) count each independent model once
+(:mod:`exitbench.selection` says which models count in which analysis). Every row lists the
 models it used; rows with too few models carry ``n`` and a ``note`` instead of
 numbers. Bootstrap draws are seeded per row, so results do not depend on the
 order of the rows.
@@ -51,7 +49,9 @@ import pandas as pd
 import pyarrow as pa
 from scipy import stats
 
+from .logs import job_failure
 from .provenance import package_versions, write_json
+from .selection import checkpoint_runs, independent_models, tuned_pairs
 from .tables import load_schema, write_table
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,11 @@ __all__ = [
     "AggregateError",
     "aggregate_files",
     "build_summary",
-    "checkpoint_runs",
     "claim_statistics",
     "decimal_year",
-    "independent_models",
     "linear_trend",
-    "tuned_pairs",
+    "model_metadata",
+    "write_failure_summary",
     "write_statistics",
     "write_summary",
 ]
@@ -318,52 +317,6 @@ def _write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_csv(tmp, index=False, lineterminator="\n")
     tmp.replace(path)
-
-
-# ---------------------------------------------------------------- selections
-
-
-def _run_members(ok: pd.DataFrame, run: str) -> pd.DataFrame:
-    """Rows of run ``run``: its checkpoints, and the model named ``run`` if it has a step."""
-    member = (ok["checkpoint_of"] == run).fillna(False)
-    named = (ok["model"] == run) & ok["training_step"].notna()
-    return ok[member | named]
-
-
-def checkpoint_runs(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """``{run: rows sorted by training_step}`` for each ``checkpoint_of`` run in ``rows``."""
-    runs = sorted(set(rows["checkpoint_of"].dropna()))
-    return {
-        run: _run_members(rows, run).sort_values(["training_step", "model"], kind="stable")
-        for run in runs
-    }
-
-
-def independent_models(rows: pd.DataFrame) -> pd.DataFrame:
-    """The ``ok`` rows of one workload that count as independent models.
-
-    Left out: intermediate checkpoints (a run is represented by the model
-    named like the run if it is in the study, else by its latest checkpoint),
-    and tuned models whose ``base_model`` is in ``rows``.
-    """
-    ok = rows[rows["status"] == "ok"]
-    names = set(ok["model"])
-    keep = pd.Series(True, index=ok.index)
-    for run, members in checkpoint_runs(ok).items():
-        if run in names:
-            keep[members.index[members["model"] != run]] = False
-        elif len(members):
-            keep[members.index[:-1]] = False
-    tuned_with_base = (ok["tuning"] == "tuned").fillna(False) & ok["base_model"].isin(names)
-    return ok[keep & ~tuned_with_base]
-
-
-def tuned_pairs(rows: pd.DataFrame) -> list[tuple[str, str]]:
-    """``(tuned, base)`` model pairs among the ``ok`` rows of one workload, sorted."""
-    ok = rows[rows["status"] == "ok"]
-    names = set(ok["model"])
-    tuned = ok[(ok["tuning"] == "tuned").fillna(False) & ok["base_model"].isin(names)]
-    return sorted(zip(tuned["model"], tuned["base_model"], strict=True))
 
 
 # ---------------------------------------------------------------- statistics
@@ -706,23 +659,13 @@ def write_statistics(
     write_json({"params": dict(params or {}), "rows": records}, json_path)
 
 
-def job_failure(log_dir: Path, model: str, workload: str) -> str | None:
-    """The first error line in a pair's job logs, stage by stage (describe_model,
-    tokenize, extract shards, score), or None if no log records an error."""
-    candidates = [
-        log_dir / "describe_model" / f"{model}.log",
-        log_dir / "tokenize" / model / f"{workload}.log",
-        *sorted((log_dir / "extract" / model / workload).glob("shard-*.log")),
-        log_dir / "score" / model / f"{workload}.log",
-    ]
-    for path in candidates:
-        if not path.is_file():
-            continue
-        for line in path.read_text(errors="replace").splitlines():
-            if " ERROR " in line:
-                stage = path.relative_to(log_dir).parts[0]
-                return f"{stage}: {line.split(': ', 1)[-1].strip()}"
-    return None
+def model_metadata(models: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{model: its METADATA_KEYS}`` of the config's ``models:`` section: what the
+    summary shows, and nothing else (so editing other keys reruns no aggregate job)."""
+    return {
+        name: {key: entry[key] for key in METADATA_KEYS if key in entry}
+        for name, entry in models.items()
+    }
 
 
 def aggregate_files(
@@ -768,3 +711,39 @@ def aggregate_files(
     write_statistics(statistics, statistics_csv, statistics_json, params)
     log.info("statistics: %d rows", len(statistics))
     return summary
+
+
+def write_failure_summary(config: Mapping[str, Any]) -> None:
+    """After a failed run (say, ``--keep-going`` with a gated model), still write
+    ``results/summary.*`` and ``results/statistics.*`` in the working directory:
+    every finished pair with its numbers, every failed one with its first error
+    line (:func:`exitbench.logs.job_failure`), and log the failed pairs.
+
+    ``config`` is the validated study config. The summary is a courtesy (the run
+    has failed anyway): any error here is logged as a warning, never raised.
+    """
+    try:
+        models, workloads = list(config["models"]), list(config["workloads"])
+        infos = {m: Path(f"results/models/{m}.json") for m in models}
+        summary = aggregate_files(
+            {(m, w): f"results/scores/{m}/{w}.json" for m in models for w in workloads},
+            model_metadata(config["models"]),
+            {m: path for m, path in infos.items() if path.exists()},
+            summary_parquet="results/summary.parquet",
+            summary_csv="results/summary.csv",
+            statistics_csv="results/statistics.csv",
+            statistics_json="results/statistics.json",
+            seed=config["seed"],
+            log_dir="results/logs",
+        )
+    except Exception as err:  # the run has failed anyway: never mask that
+        log.warning("could not write a partial summary: %s", err)
+        return
+    failed = summary[summary["status"] == "failed"]
+    log.warning(
+        "%d of %d (model, workload) pairs failed; results/summary.csv lists them with the "
+        "error:\n%s",
+        len(failed),
+        len(summary),
+        "\n".join(f"  {r.model} / {r.workload}: {r.error}" for r in failed.itertuples()),
+    )

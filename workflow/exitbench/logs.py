@@ -25,3 +25,26 @@ def setup(log_path: str | Path | None = None, level: int = logging.INFO) -> logg
 
     sys.excepthook = log_uncaught
     return logging.getLogger("exitbench")
+
+
+def job_failure(log_dir: Path, model: str, workload: str) -> str | None:
+    """The first error line in a pair's job logs, stage by stage (describe_model,
+    tokenize, extract shards, score), as ``"<stage>: <message>"``, or None.
+
+    Reads lines written with :data:`FORMAT` (``<time> ERROR <logger>: <message>``)
+    under ``log_dir`` (the workflow's ``results/logs``, one folder per rule).
+    """
+    candidates = [
+        log_dir / "describe_model" / f"{model}.log",
+        log_dir / "tokenize" / model / f"{workload}.log",
+        *sorted((log_dir / "extract" / model / workload).glob("shard-*.log")),
+        log_dir / "score" / model / f"{workload}.log",
+    ]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if " ERROR " in line:
+                stage = path.relative_to(log_dir).parts[0]
+                return f"{stage}: {line.split(': ', 1)[-1].strip()}"
+    return None

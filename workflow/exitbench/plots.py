@@ -2,7 +2,10 @@
 
 Every figure function takes a :class:`Study` (the summary table, the per-layer
 curves, the score JSONs and the claim statistics) and an output folder, and
-returns the two paths it wrote. Figures render for any study: with one
+returns the two paths it wrote. Figures draw what the aggregate stage wrote
+(``results/statistics.json``) and never recompute a statistic, so a figure and
+the table cannot disagree; which models a panel shows comes from
+:mod:`exitbench.selection`, as in the statistics. Figures render for any study: with one
 model, no release dates, no checkpoints or no base/tuned pairs a panel says
 so in its middle instead of failing.
 
@@ -37,7 +40,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import aggregate  # noqa: E402
+from . import aggregate, selection  # noqa: E402
 from .tables import read_table  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -130,18 +133,15 @@ class Study:
 
     ``summary``: the aggregate table (schema ``summary``); ``curves``: the
     concatenated per-layer tables (schema ``scores``) of the ``ok`` pairs;
-    ``headlines``: score JSON per ``(model, workload)``; ``statistics``: the
-    output of :func:`exitbench.aggregate.claim_statistics`.
+    ``statistics``: the rows of ``results/statistics.json`` (columns
+    :data:`exitbench.aggregate.STATISTICS_COLUMNS`), as the aggregate stage
+    wrote them; ``headlines``: score JSON per ``(model, workload)``.
     """
 
     summary: pd.DataFrame
     curves: pd.DataFrame
+    statistics: pd.DataFrame
     headlines: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    statistics: pd.DataFrame | None = None
-
-    def __post_init__(self) -> None:
-        if self.statistics is None:
-            self.statistics = aggregate.claim_statistics(self.summary)
 
     @property
     def workloads(self) -> list[str]:
@@ -158,14 +158,13 @@ def _existing(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_study(
     summary_path: str | Path,
+    statistics_path: str | Path,
     curves_paths: Iterable[str | Path] = (),
     headline_paths: Iterable[str | Path] = (),
-    statistics_path: str | Path | None = None,
 ) -> Study:
     """Read a study's files; missing curves/JSON files (failed pairs) are skipped.
 
-    ``statistics_path`` is ``results/statistics.json``; without it the
-    statistics are recomputed from the summary (seed 0).
+    ``statistics_path`` is ``results/statistics.json`` (written by the aggregate stage).
     """
     summary = read_table(summary_path, "summary").to_pandas()
     tables = [read_table(p, "scores") for p in _existing(curves_paths)]
@@ -176,11 +175,9 @@ def load_study(
         data = json.loads(path.read_text())
         if data.get("status", "ok") == "ok" and "headline" in data:
             headlines[(data["model"], data["workload"])] = data
-    statistics = None
-    if statistics_path is not None:
-        rows = json.loads(Path(statistics_path).read_text())["rows"]
-        statistics = pd.DataFrame(rows, columns=list(aggregate.STATISTICS_COLUMNS))
-    return Study(summary, curves, headlines, statistics)
+    rows = json.loads(Path(statistics_path).read_text())["rows"]
+    statistics = pd.DataFrame(rows, columns=list(aggregate.STATISTICS_COLUMNS))
+    return Study(summary, curves, statistics, headlines)
 
 
 def _empty_curves() -> pd.DataFrame:
@@ -463,7 +460,7 @@ def agreement_curves(study: Study, out_dir: str | Path) -> list[Path]:
     blocks: list[tuple[str, list[tuple[str, list[str]]]]] = []
     for workload in study.workloads:
         rows = study.ok(workload)
-        shown = _curve_models(rows)
+        shown = set(selection.curve_models(rows)["model"])
         order = [m for m in _model_order(rows) if m in shown]
         families = list(dict.fromkeys(_family(_meta(rows, m, "family")) for m in order))
         panels = [
@@ -538,18 +535,6 @@ def _meta(rows: pd.DataFrame, model: str, column: str) -> Any:
     return values.iloc[0] if len(values) and pd.notna(values.iloc[0]) else None
 
 
-def _curve_models(rows: pd.DataFrame) -> set[str]:
-    """Models drawn as curves: all ``ok`` models except intermediate checkpoints."""
-    keep = set(rows["model"])
-    names = set(rows["model"])
-    for run, members in aggregate.checkpoint_runs(rows).items():
-        if run in names:
-            keep -= set(members["model"]) - {run}
-        else:
-            keep -= set(members["model"].iloc[:-1])
-    return keep
-
-
 def _curve(study: Study, model: str, workload: str) -> pd.DataFrame:
     curves = study.curves
     part = curves[(curves["model"] == model) & (curves["workload"] == workload)]
@@ -558,7 +543,7 @@ def _curve(study: Study, model: str, workload: str) -> pd.DataFrame:
 
 def _independent(study: Study) -> pd.DataFrame:
     parts = [
-        aggregate.independent_models(study.summary[study.summary["workload"] == workload])
+        selection.independent_models(study.summary[study.summary["workload"] == workload])
         for workload in study.workloads
     ]
     return pd.concat(parts) if parts else study.summary.iloc[:0]
@@ -677,7 +662,7 @@ def release_trend(study: Study, out_dir: str | Path) -> list[Path]:
     """Headline suitability vs release date, coloured by class, OLS trend lines.
 
     One point per independent model (see
-    :func:`exitbench.aggregate.independent_models`) with its 95% CI; the
+    :func:`exitbench.selection.independent_models`) with its 95% CI; the
     annotation gives the slope per year with its t-based CI, Spearman's rho
     and n, as in ``results/statistics.csv``.
     """
@@ -744,17 +729,19 @@ def arch_comparison(study: Study, out_dir: str | Path) -> list[Path]:
                 if part.empty:
                     continue
                 x = ci + (wi - (n_work - 1) / 2) * width
+                # the class mean as the statistics table has it (none for models of no class)
                 stat = _stat(study, "class_mean", workload, metric, arch) if arch else None
-                mean = stat["estimate"] if stat else part[metric].mean()
-                ax.bar(
-                    x,
-                    mean,
-                    width=width * 0.85,
-                    color=color,
-                    alpha=0.3,
-                    edgecolor=color,
-                    linewidth=0.8,
-                )
+                mean = stat["estimate"] if stat else math.nan
+                if stat:
+                    ax.bar(
+                        x,
+                        mean,
+                        width=width * 0.85,
+                        color=color,
+                        alpha=0.3,
+                        edgecolor=color,
+                        linewidth=0.8,
+                    )
                 offsets = np.linspace(-0.28, 0.28, len(part)) * width if len(part) > 1 else [0]
                 style = _marker_style(study, workload, color)
                 for offset, value in zip(offsets, part[metric], strict=True):
@@ -812,7 +799,7 @@ def base_vs_tuned(study: Study, out_dir: str | Path) -> list[Path]:
     pairs = [
         (workload, tuned, base)
         for workload in study.workloads
-        for tuned, base in aggregate.tuned_pairs(study.ok(workload))
+        for tuned, base in selection.tuned_pairs(study.ok(workload))
     ]
     if not pairs:
         return _single_message_figure(out_dir, stem, "no base/tuned pairs in this study")
@@ -913,7 +900,7 @@ def checkpoints(study: Study, out_dir: str | Path) -> list[Path]:
     for r, run in enumerate(runs):
         ax = axes[r, 0]
         for workload in study.workloads:
-            members = aggregate.checkpoint_runs(study.ok(workload)).get(run)
+            members = selection.checkpoint_runs(study.ok(workload)).get(run)
             if members is None or members.empty:
                 continue
             steps = members["training_step"].astype(float) + 1
@@ -937,7 +924,7 @@ def checkpoints(study: Study, out_dir: str | Path) -> list[Path]:
         ax.set_ylabel("savings\n(share of layers skipped)")
         for w, workload in enumerate(study.workloads):
             ax = axes[r, 1 + w]
-            members = aggregate.checkpoint_runs(study.ok(workload)).get(run)
+            members = selection.checkpoint_runs(study.ok(workload)).get(run)
             ax.set_title(f"{run}: agreement" + (f" · {workload}" if n_work > 1 else ""))
             if members is None or members.empty:
                 _message(ax, f"no checkpoints of {run}\nscored on {workload}")
@@ -1085,7 +1072,7 @@ def tradeoff(study: Study, out_dir: str | Path) -> list[Path]:
     handles: dict[str, Line2D] = {}
     for w, workload in enumerate(study.workloads):
         ax = axes[0, w]
-        shown = _curve_models(study.ok(workload))
+        shown = set(selection.curve_models(study.ok(workload))["model"])
         for model in order:
             data = study.headlines.get((model, workload))
             if data is None or model not in shown:
@@ -1179,11 +1166,11 @@ def figures_from_files(
     summary_path: str | Path,
     curves_paths: Iterable[str | Path],
     headline_paths: Iterable[str | Path],
-    statistics_path: str | Path | None,
+    statistics_path: str | Path,
     out_dir: str | Path,
     stems: Sequence[str] | None = None,
 ) -> list[Path]:
     """File-to-file entry point of the figures rule."""
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
-    study = load_study(summary_path, curves_paths, headline_paths, statistics_path)
+    study = load_study(summary_path, statistics_path, curves_paths, headline_paths)
     return render_all(study, out_dir, stems)

@@ -1,5 +1,5 @@
 # Stage 5: one table of the whole study, and the statistics behind its claims.
-from exitbench.aggregate import METADATA_KEYS
+from exitbench.aggregate import model_metadata
 
 
 localrules:
@@ -32,10 +32,7 @@ rule aggregate:
         log_dir="results/logs",
         models=MODELS,
         # only what the summary shows: editing a model's resources reruns nothing here
-        metadata={
-            name: {key: entry[key] for key in METADATA_KEYS if key in entry}
-            for name, entry in config["models"].items()
-        },
+        metadata=model_metadata(config["models"]),
         seed=config["seed"],
     script:
         "../scripts/aggregate.py"

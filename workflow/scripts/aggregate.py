@@ -2,16 +2,16 @@
 
 from exitbench import aggregate, logs
 
-logs.setup(snakemake.log[0])  # noqa: F821
-pairs = [tuple(pair) for pair in snakemake.params.pairs]  # noqa: F821
+logs.setup(snakemake.log[0])
+pairs = [tuple(pair) for pair in snakemake.params.pairs]
 aggregate.aggregate_files(
-    dict(zip(pairs, snakemake.input.scores, strict=True)),  # noqa: F821
-    snakemake.params.metadata,  # noqa: F821
-    dict(zip(snakemake.params.models, snakemake.input.models, strict=True)),  # noqa: F821
-    summary_parquet=snakemake.output.summary,  # noqa: F821
-    summary_csv=snakemake.output.summary_csv,  # noqa: F821
-    statistics_csv=snakemake.output.statistics,  # noqa: F821
-    statistics_json=snakemake.output.statistics_json,  # noqa: F821
-    seed=snakemake.params.seed,  # noqa: F821
-    log_dir=snakemake.params.log_dir,  # noqa: F821
+    dict(zip(pairs, snakemake.input.scores, strict=True)),
+    snakemake.params.metadata,
+    dict(zip(snakemake.params.models, snakemake.input.models, strict=True)),
+    summary_parquet=snakemake.output.summary,
+    summary_csv=snakemake.output.summary_csv,
+    statistics_csv=snakemake.output.statistics,
+    statistics_json=snakemake.output.statistics_json,
+    seed=snakemake.params.seed,
+    log_dir=snakemake.params.log_dir,
 )
