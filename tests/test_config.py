@@ -2,7 +2,7 @@
 
 import pytest
 
-from exitbench.config import ConfigError, validate_config
+from exitbench.config import ConfigError, section_defaults, validate_config
 
 
 def minimal(**overrides):
@@ -48,6 +48,16 @@ def test_input_is_not_mutated():
         (lambda c: c["models"].update(both={"path": "a", "hf_id": "o/m"}), "models.both", "one of"),
         (lambda c: c["models"].update(neither={"dtype": "auto"}), "models.neither", "one of"),
         (lambda c: c["workloads"].update(f={"source": "file"}), "workloads.f", "'path'"),
+        # the zoo section is part of the same schema pass, with the same key paths
+        (lambda c: c.update(zoo={"heldout_fraction": 2}), "zoo.heldout_fraction", "2"),
+        (lambda c: c.update(zoo={"training": {"seq_len": 4}}), "zoo.training.seq_len", "4"),
+        (lambda c: c.update(zoo={"runs": {"x": {"num_layers": 2}}}), "zoo.runs.x", "recipe"),
+        (
+            lambda c: c.update(zoo={"runs": {"x": {"recipe": "llama", "hidden_size": 1.5}}}),
+            "zoo.runs.x.hidden_size",
+            "1.5",
+        ),
+        (lambda c: c.update(zoo={"tokenizers": {}}), "zoo", "allowed keys"),
     ],
 )
 def test_bad_config_names_key(change, path, expected):
@@ -72,3 +82,36 @@ def test_revision_needs_hub_id():
     config["models"]["tiny"]["revision"] = "step1"
     with pytest.raises(ConfigError, match=r"models\.tiny\.revision"):
         validate_config(config)
+
+
+def test_zoo_defaults_are_filled_in_the_same_pass():
+    config = validate_config(minimal(zoo={"runs": {}}))
+    assert config["zoo"]["heldout_fraction"] == 0.2
+    assert config["zoo"]["tokenizer"] == {
+        "vocab_size": 4096,
+        "min_frequency": 2,
+        "max_chars": 4000000,
+    }
+    assert config["zoo"]["training"]["seq_len"] == 128
+    assert "zoo" not in validate_config(minimal())  # no zoo section, no zoo
+
+
+def test_models_may_be_empty_only_with_a_zoo():
+    with pytest.raises(ConfigError, match=r"config key 'models': .*non-empty"):
+        validate_config(minimal(models={}))
+    zoo = {"runs": {"t": {"recipe": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2}}}
+    config = validate_config({"workloads": minimal()["workloads"], "zoo": zoo})
+    assert list(config["models"]) == ["zoo-t"]
+    assert config["models"]["zoo-t"]["dtype"] == "float32"
+
+
+def test_section_defaults_are_the_schema_defaults():
+    assert section_defaults("score") == validate_config(minimal())["score"]
+    assert section_defaults("tokenize") == {
+        "seq_len": 256,
+        "max_sequences": 64,
+        "mode": "document",
+        "add_bos": "auto",
+    }
+    zoo = section_defaults("zoo")  # through $ref: zoo.schema.yaml
+    assert (zoo["heldout_fraction"], zoo["runs"], zoo["training"]["batch_size"]) == (0.2, {}, 16)

@@ -1,4 +1,5 @@
-"""The model zoo: tokenizer, data, recipes, determinism, tuning, checkpoints, held-out split."""
+"""The model zoo: tokenizer, data, recipes, determinism, tuning, checkpoints, held-out split, and
+the study's model entries derived from the zoo section."""
 
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ ZOO = {
         "llama-t-qa": {"init_from": "llama-t", "task": "qa", "train_tokens": 128},
     },
 }
+WORKLOADS = {"w": {"source": "embedded", "name": "python-docs", "subset": "heldout"}}
+
+
+def validated(zoo_section: dict, **config) -> dict:
+    """The study config with ``zoo_section`` as exitbench.config.validate_config returns it."""
+    return validate_config({"workloads": WORKLOADS, "zoo": zoo_section, **config})
+
+
+#: ZOO as the single validator returns it (defaults filled): what the rules hand the library.
+SETTINGS = validated(ZOO)["zoo"]
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +60,14 @@ def built(tmp_path_factory) -> dict[str, Path]:
     """Tokenizer, data and every run of ZOO, trained once for the module."""
     root = tmp_path_factory.mktemp("zoo")
     tokenizer, data = root / "tokenizer", root / "data"
-    zoo.train_tokenizer(ZOO, SEED, tokenizer)
-    zoo.build_data(ZOO, SEED, tokenizer, data)
+    zoo.train_tokenizer(SETTINGS, SEED, tokenizer)
+    zoo.build_data(SETTINGS, SEED, tokenizer, data)
     dirs = {"tokenizer": tokenizer, "data": data}
     for run, spec in ZOO["runs"].items():
         base = dirs.get(spec.get("init_from"))
         dirs[run] = root / run
-        zoo.train_run(run, ZOO, SEED, tokenizer, data, dirs[run], base_dir=base)
+        settings = zoo.rule_settings(SETTINGS, run)  # what rule zoo_train passes
+        zoo.train_run(run, settings, SEED, tokenizer, data, dirs[run], base_dir=base)
     return dirs
 
 
@@ -74,7 +86,7 @@ def test_run_outputs_load_and_give_finite_logits(built, run):
     assert torch.isfinite(logits).all()
     assert logits.shape[-1] == len(AutoTokenizer.from_pretrained(built["tokenizer"]))
     rows = zoo.loss_curve(out)
-    steps = zoo.total_steps(zoo.validate_zoo(ZOO), run)
+    steps = zoo.total_steps(SETTINGS, run)
     assert [row["step"] for row in rows] == list(range(1, steps + 1))
     assert rows[-1]["tokens"] == steps * 2 * 32
     assert all(math.isfinite(row["loss"]) and row["lr"] > 0 for row in rows)
@@ -117,7 +129,7 @@ def test_moe_active_parameters_count_routed_experts_only(built):
 
 def test_training_is_deterministic(built, tmp_path):
     again = tmp_path / "llama-t"
-    zoo.train_run("llama-t", ZOO, SEED, built["tokenizer"], built["data"], again)
+    zoo.train_run("llama-t", SETTINGS, SEED, built["tokenizer"], built["data"], again)
     first = built["llama-t"]
     assert (again / "loss.csv").read_bytes() == (first / "loss.csv").read_bytes()
     for sub in ("final", "checkpoints/step-1"):
@@ -128,7 +140,7 @@ def test_training_is_deterministic(built, tmp_path):
 
 def test_another_seed_changes_the_run(built, tmp_path):
     other = tmp_path / "llama-t"
-    zoo.train_run("llama-t", ZOO, SEED + 1, built["tokenizer"], built["data"], other)
+    zoo.train_run("llama-t", SETTINGS, SEED + 1, built["tokenizer"], built["data"], other)
     assert (other / "loss.csv").read_bytes() != (built["llama-t"] / "loss.csv").read_bytes()
 
 
@@ -146,7 +158,7 @@ def test_tuned_run_starts_from_the_base_weights(built):
 
 
 def test_tuned_run_rejects_a_base_with_another_tokenizer(built, tmp_path):
-    other_zoo = copy.deepcopy(ZOO)
+    other_zoo = copy.deepcopy(SETTINGS)
     other_zoo["tokenizer"]["vocab_size"] = 330
     zoo.train_tokenizer(other_zoo, SEED, tmp_path / "tok")
     with pytest.raises(zoo.ZooError, match="another tokenizer"):
@@ -179,14 +191,14 @@ def test_tokenizer_is_a_fast_bpe_with_endoftext(built):
     text = "Assignment statements bind names."
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     again = built["tokenizer"].parent / "tokenizer-again"
-    zoo.train_tokenizer(ZOO, SEED, again)
+    zoo.train_tokenizer(SETTINGS, SEED, again)
     assert (again / "tokenizer.json").read_bytes() == (
         built["tokenizer"] / "tokenizer.json"
     ).read_bytes()
 
 
 def test_heldout_documents_are_never_trained_on():
-    settings = zoo.validate_zoo(ZOO)
+    settings = SETTINGS
     texts, info = zoo.source_texts(settings, SEED)
     spec = {"source": "embedded", "name": "python-docs", "heldout_fraction": 0.25}
     heldout, _ = workloads.load_documents("docs", {**spec, "subset": "heldout"}, SEED)
@@ -263,16 +275,10 @@ def test_zoo_run_dir():
     ],
 )
 def test_schema_rejects_a_bad_run_naming_the_key(run, key):
+    """The zoo's schema is part of the config's: one validator, one error format."""
     bad = {**copy.deepcopy(ZOO), "runs": {"bad": run}}
-    with pytest.raises(zoo.ZooError, match=f"config key '{key}'"):
-        zoo.validate_zoo(bad)
-    config = {
-        "models": {"m": {"path": "results/zoo/bad/final"}},
-        "workloads": {"w": {"source": "embedded", "name": "python-docs"}},
-        "zoo": bad,
-    }
-    with pytest.raises(ConfigError, match=f"config key '{key}'"):
-        validate_config(config)
+    with pytest.raises(ConfigError, match=f"invalid study configuration:\n  config key '{key}'"):
+        validated(bad)
 
 
 @pytest.mark.parametrize(
@@ -283,49 +289,238 @@ def test_schema_rejects_a_bad_run_naming_the_key(run, key):
         ({"t": {"init_from": "u"}, "u": {"init_from": "t"}}, "zoo.runs.t.init_from", "cycle"),
         ({"t": {"recipe": "llama", **TINY, "num_heads": 3}}, "zoo.runs.t.num_heads", "multiple"),
         (
+            {"t": {"recipe": "llama", **TINY, "num_kv_heads": 3}},
+            "zoo.runs.t.num_kv_heads",
+            "multiple",
+        ),
+        (
             {"t": {"recipe": "llama", **TINY, "checkpoints": [99]}},
             "zoo.runs.t.checkpoints",
             "after",
         ),
         ({"t": {"recipe": "mixtral", **TINY}}, "zoo.runs.t.num_experts", "needs"),
+        (
+            {"t": {"recipe": "olmoe", **TINY, "num_experts": 2, "experts_per_token": 3}},
+            "zoo.runs.t.experts_per_token",
+            "more than",
+        ),
+        ({"t": {"recipe": "gpt2", "hidden_size": 16, "num_layers": 2}}, "zoo.runs.t", "num_heads"),
+        ({"t": {**ZOO["runs"]["mamba2-t"], "head_dim": 5}}, "zoo.runs.t.head_dim", "multiple"),
     ],
 )
 def test_cross_checks_name_the_key(change, key, message):
     bad = copy.deepcopy(ZOO)
     bad["runs"].update(change)
-    with pytest.raises(zoo.ZooError, match=f"'{key}'.*{message}"):
-        zoo.validate_zoo(bad)
+    with pytest.raises(ConfigError, match=f"'{key}.*{message}"):
+        validated(bad)
 
 
-def test_check_study_names_model_paths_and_heldout_fractions():
-    config = {
-        "models": {
-            "ok": {"path": "results/zoo/llama-t/final"},
-            "ckpt": {"path": "results/zoo/llama-t/checkpoints/step-3"},
-            "late": {"path": "results/zoo/llama-t/checkpoints/step-2"},
-            "ghost": {"path": "results/zoo/ghost/final"},
-            "hub": {"hf_id": "org/model"},
-        },
-        "workloads": {
-            "docs": {"source": "embedded", "name": "python-docs", "subset": "heldout"},
-            "same": {
-                "source": "embedded",
-                "name": "python-code",
-                "subset": "heldout",
-                "heldout_fraction": 0.25,
-            },
-        },
-        "zoo": zoo.validate_zoo(ZOO),
+# The default study's models as config.yaml listed them by hand before they were derived from
+# its zoo section: the regression target of zoo.zoo_models (names, paths, metadata, counts).
+DEFAULT_MODELS = yaml.safe_load(
+    """
+zoo-gpt2-s:
+  path: results/zoo/gpt2-s/final
+  family: zoo-gpt2
+  generation: older recipe
+  release: "2019-02"
+  arch: dense
+  total_params: 2651392
+  active_params: 2651392
+  tuning: base
+zoo-llama-s:
+  path: results/zoo/llama-s/final
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 2656384
+  active_params: 2656384
+  tuning: base
+  training_step: 800
+  checkpoint_of: llama-s
+zoo-llama-m:
+  path: results/zoo/llama-m/final
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 5115072
+  active_params: 5115072
+  tuning: base
+zoo-moe-s:
+  path: results/zoo/moe-s/final
+  family: zoo-mixtral
+  generation: newer recipe
+  release: "2023-12"
+  arch: moe
+  total_params: 3741824
+  active_params: 2660480
+  tuning: base
+zoo-mamba2-s:
+  path: results/zoo/mamba2-s/final
+  family: zoo-mamba2
+  generation: newer recipe
+  release: "2024-05"
+  arch: ssm
+  total_params: 2647320
+  active_params: 2647320
+  tuning: base
+zoo-llama-s-tuned:
+  path: results/zoo/llama-s-tuned/final
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 2656384
+  active_params: 2656384
+  tuning: tuned
+  base_model: zoo-llama-s
+zoo-llama-s-step-50:
+  path: results/zoo/llama-s/checkpoints/step-50
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 2656384
+  active_params: 2656384
+  tuning: base
+  training_step: 50
+  checkpoint_of: llama-s
+zoo-llama-s-step-100:
+  path: results/zoo/llama-s/checkpoints/step-100
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 2656384
+  active_params: 2656384
+  tuning: base
+  training_step: 100
+  checkpoint_of: llama-s
+zoo-llama-s-step-200:
+  path: results/zoo/llama-s/checkpoints/step-200
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 2656384
+  active_params: 2656384
+  tuning: base
+  training_step: 200
+  checkpoint_of: llama-s
+zoo-llama-s-step-400:
+  path: results/zoo/llama-s/checkpoints/step-400
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 2656384
+  active_params: 2656384
+  tuning: base
+  training_step: 400
+  checkpoint_of: llama-s
+"""
+)
+
+
+def test_default_study_models_are_derived_from_its_zoo():
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert "models" not in raw  # nothing copied by hand
+    config = validate_config(raw)
+    assert list(config["models"]) == list(DEFAULT_MODELS)
+    assert config["models"] == {
+        name: {**entry, "dtype": "float32"} for name, entry in DEFAULT_MODELS.items()
     }
-    problems = "\n".join(zoo.check_study(config))
-    assert "'models.late.path'" in problems and "'models.ghost.path'" in problems
-    assert "'workloads.docs.heldout_fraction'" in problems
-    assert "models.ok" not in problems and "models.ckpt" not in problems
-    assert "workloads.same" not in problems
+    assert zoo.zoo_models(config["zoo"]) == DEFAULT_MODELS
+    for name, spec in config["workloads"].items():
+        assert "heldout_fraction" not in raw["workloads"][name]
+        assert spec["heldout_fraction"] == raw["zoo"]["heldout_fraction"]
+
+
+def test_derived_parameter_counts_are_what_training_counts(built):
+    """The counts derived at validation (meta device) equal train.json's (the trained model)."""
+    models = validated(ZOO)["models"]
+    for run in ZOO["runs"]:
+        info = yaml.safe_load((built[run] / "train.json").read_text())
+        entry = models[f"zoo-{run}"]
+        assert (entry["total_params"], entry["active_params"]) == (
+            info["total_params"],
+            info["active_params"],
+        )
+    moe = models["zoo-moe-t"]
+    assert moe["active_params"] < moe["total_params"]
+
+
+def test_zoo_models_of_a_tuned_run_and_checkpoints():
+    models = validated(ZOO)["models"]
+    assert list(models) == [
+        *(f"zoo-{run}" for run in ZOO["runs"]),
+        "zoo-llama-t-step-1",
+        "zoo-llama-t-step-3",
+    ]
+    tuned = models["zoo-llama-t-qa"]
+    assert (tuned["tuning"], tuned["base_model"], tuned["family"]) == (
+        "tuned",
+        "zoo-llama-t",
+        "zoo-llama",
+    )
+    assert "training_step" not in tuned and "training_step" not in models["zoo-gpt2-t"]
+    assert (models["zoo-llama-t"]["training_step"], models["zoo-llama-t"]["checkpoint_of"]) == (
+        5,  # ceil(320 / (2 * 32))
+        "llama-t",
+    )
+    step = models["zoo-llama-t-step-3"]
+    assert step["path"] == "results/zoo/llama-t/checkpoints/step-3"
+    assert (step["training_step"], step["checkpoint_of"], step["tuning"]) == (3, "llama-t", "base")
+    assert models["zoo-olmoe-t"]["family"] == "zoo-olmoe"
+    assert models["zoo-mamba2-t"]["arch"] == "ssm"
+
+
+def test_user_models_come_first_and_a_name_collision_names_the_run():
+    config = validated(ZOO, models={"hub": {"hf_id": "org/model"}})
+    assert list(config["models"])[0] == "hub"
+    assert config["models"]["hub"] == {"hf_id": "org/model", "dtype": "float32"}
+    for name, run in (("zoo-gpt2-t", "gpt2-t"), ("zoo-llama-t-step-3", "llama-t")):
+        with pytest.raises(ConfigError, match=rf"'models\.{name}'.*'zoo\.runs\.{run}'"):
+            validated(ZOO, models={name: {"path": "elsewhere"}})
+
+
+def test_two_runs_generating_one_model_name_is_an_error():
+    runs = {"a": {"recipe": "llama", **TINY, "checkpoints": [1]}, "a-step-1": ZOO["runs"]["gpt2-t"]}
+    with pytest.raises(ConfigError, match=r"'zoo\.runs\.a'.*'zoo-a-step-1'.*zoo\.runs\.a-step-1"):
+        validated({**ZOO, "runs": runs})
+
+
+def test_heldout_workloads_take_the_zoo_fraction():
+    config = validated(ZOO)
+    assert config["workloads"]["w"]["heldout_fraction"] == 0.25  # zoo.heldout_fraction
+    same = {"w": {**WORKLOADS["w"], "heldout_fraction": 0.25}}
+    assert validated(ZOO, workloads=same)["workloads"] == config["workloads"]
+    other = {"w": {**WORKLOADS["w"], "heldout_fraction": 0.2}}
+    with pytest.raises(
+        ConfigError,
+        match=r"'workloads\.w\.heldout_fraction': 0\.2 differs from config key "
+        r"'zoo\.heldout_fraction' 0\.25",
+    ):
+        validated(ZOO, workloads=other)
+    # Without a zoo a workload keeps its own fraction; other subsets are left alone.
+    alone = {"w": {**WORKLOADS["w"], "heldout_fraction": 0.3}}
+    no_zoo = validate_config({"models": {"m": {"path": "p"}}, "workloads": alone})
+    assert no_zoo["workloads"]["w"]["heldout_fraction"] == 0.3
+    train = {"w": {**WORKLOADS["w"], "subset": "train", "heldout_fraction": 0.3}}
+    assert validated(ZOO, workloads=train)["workloads"]["w"]["heldout_fraction"] == 0.3
+
+
+def test_a_study_needs_models_or_zoo_runs():
+    with pytest.raises(ConfigError, match=r"config key 'models': the study has no models"):
+        validated({**ZOO, "runs": {}})
+    with pytest.raises(ConfigError, match=r"'models' is a required property"):
+        validate_config({"workloads": WORKLOADS})
 
 
 def test_rule_settings_keep_runs_independent():
-    settings = zoo.validate_zoo(ZOO)
+    settings = SETTINGS
     tuned = zoo.rule_settings(settings, "llama-t-qa")
     assert set(tuned["runs"]) == {"llama-t-qa", "llama-t"}
     edited = copy.deepcopy(settings)
@@ -336,7 +531,7 @@ def test_rule_settings_keep_runs_independent():
 
 
 def test_run_priorities_start_the_longest_runs_first():
-    settings = zoo.validate_zoo(ZOO)
+    settings = SETTINGS
     priorities = zoo.run_priorities(settings)
     assert sorted(priorities.values()) == list(range(1, len(ZOO["runs"]) + 1))
     assert priorities["llama-t-qa"] == 1  # 128 tokens: the cheapest
@@ -346,28 +541,18 @@ def test_run_priorities_start_the_longest_runs_first():
 
 
 def test_zoo_rules_dry_run(tmp_path):
-    """The zoo rules' DAG: tokenizer -> data -> runs, the tuned run after its base."""
-    config = {
-        "seed": SEED,
-        "models": {"m": {"path": "results/zoo/llama-t-qa/final"}},
-        "workloads": {
-            "w": {
-                "source": "embedded",
-                "name": "python-docs",
-                "subset": "heldout",
-                "heldout_fraction": 0.25,
-            }
-        },
-        "zoo": ZOO,
-    }
+    """The zoo rules' DAG: tokenizer -> data -> runs, the tuned run after its base; the study's
+    models come from the zoo section (no models: key)."""
+    config = {"seed": SEED, "workloads": WORKLOADS, "zoo": ZOO}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "Snakefile").write_text(
         textwrap.dedent(
             f"""
             configfile: "config.yaml"
+            include: "{REPO}/workflow/rules/common.smk"
             include: "{REPO}/workflow/rules/zoo.smk"
             rule all:
-                input: "results/zoo/llama-t-qa", "results/zoo/mamba2-t"
+                input: sorted({{model_local_input(m) for m in MODELS}})
             """
         )
     )
@@ -384,4 +569,4 @@ def test_zoo_rules_dry_run(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
-    assert counts == {"all": 1, "zoo_data": 1, "zoo_tokenizer": 1, "zoo_train": 3}
+    assert counts == {"all": 1, "zoo_data": 1, "zoo_tokenizer": 1, "zoo_train": 6}

@@ -2,28 +2,55 @@
 
 Validation runs before Snakemake builds its DAG, so a wrong key or type stops
 the run with the key's path (``models.gpt2.dtype``) and what was expected,
-before any job starts. Defaults from the schema are filled in.
+before any job starts. Defaults from the schema are filled in, and what a study
+with a ``zoo:`` would otherwise copy by hand is derived from it (the zoo's model
+entries, the held-out workloads' ``heldout_fraction``; :mod:`exitbench.zoo.plan`).
+:func:`validate_config` is the one validator: the rest of the code trusts its result.
 """
 
 from __future__ import annotations
 
 import copy
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+from exitbench.tables import SCHEMA_DIR
+
 WORKFLOW_ROOT = SCHEMA_DIR.parent.parent
+CONFIG_SCHEMA = "config.schema.yaml"
+#: Schemas that config.schema.yaml refers to by file name (``$ref: zoo.schema.yaml``).
+REFERENCED_SCHEMAS = ("zoo.schema.yaml",)
 
 
 class ConfigError(ValueError):
     """The study configuration is invalid; the message names the key to fix."""
 
 
+@cache
 def _load_yaml_schema(name: str) -> dict:
     return yaml.safe_load((SCHEMA_DIR / name).read_text())
+
+
+@cache
+def _registry() -> Registry:
+    resources = []
+    for name in REFERENCED_SCHEMAS:
+        # Without its `$schema`, jsonschema keeps DefaultsValidator inside the referenced file
+        # (with it, it would switch to the plain draft validator and fill no defaults there).
+        contents = {k: v for k, v in _load_yaml_schema(name).items() if k != "$schema"}
+        resources.append((name, Resource(contents=contents, specification=DRAFT202012)))
+    return Registry().with_resources(resources)
+
+
+def _validator(schema: dict) -> jsonschema.protocols.Validator:
+    """A :data:`DefaultsValidator` for ``schema`` that resolves the referenced schema files."""
+    return DefaultsValidator(schema, registry=_registry())
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -76,15 +103,28 @@ def _raise_first(errors: list[jsonschema.ValidationError], prefix: str = "") -> 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Return a validated copy of ``config`` with schema defaults filled in.
 
+    One pass of the schema (``zoo:`` included, through ``$ref: zoo.schema.yaml``), then,
+    for a study with a zoo, :func:`exitbench.zoo.plan.derive_study` checks the runs and adds
+    their model entries; then the cross-references (``base_model``, ``revision``).
     Raises :class:`ConfigError` naming the offending key path(s).
     """
+    given = config
     config = copy.deepcopy(dict(config))
-    _raise_first(
-        list(DefaultsValidator(_load_yaml_schema("config.schema.yaml")).iter_errors(config))
-    )
-    if "zoo" in config and (SCHEMA_DIR / "zoo.schema.yaml").exists():
-        zoo_schema = _load_yaml_schema("zoo.schema.yaml")
-        _raise_first(list(DefaultsValidator(zoo_schema).iter_errors(config["zoo"])), prefix="zoo")
+    schema = _load_yaml_schema(CONFIG_SCHEMA)
+    _raise_first(list(_validator(schema).iter_errors(config)))
+    if "zoo" in config:
+        from exitbench.zoo import plan  # imported here: exitbench.zoo imports this module
+
+        plan.derive_study(config, given)
+        written = given.get("models") or {}
+        for name, entry in config["models"].items():  # defaults (dtype) of the generated ones
+            if name not in written:
+                errors = _validator(schema["$defs"]["model"]).iter_errors(entry)
+                _raise_first(list(errors), prefix=f"models.{name}")
+        if not config["models"]:
+            raise ConfigError(
+                "config key 'models': the study has no models; add models or zoo.runs"
+            )
     _check_references(config)
     return config
 
@@ -92,8 +132,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 def section_defaults(section: str) -> dict[str, Any]:
     """The schema's defaults of the top-level config section ``section`` (``score``, ...)."""
     values: dict[str, Any] = {}
-    schema = _load_yaml_schema("config.schema.yaml")["properties"][section]
-    _raise_first(list(DefaultsValidator(schema).iter_errors(values)), prefix=section)
+    schema = _load_yaml_schema(CONFIG_SCHEMA)["properties"][section]
+    _raise_first(list(_validator(schema).iter_errors(values)), prefix=section)
     return values
 
 
@@ -120,8 +160,3 @@ def resolve_path(path: str | Path, workdir: Path | None = None) -> Path:
         return path
     local = (workdir or Path.cwd()) / path
     return local if local.exists() else WORKFLOW_ROOT / path
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate a study YAML file (for notebooks and tests)."""
-    return validate_config(yaml.safe_load(Path(path).read_text()))

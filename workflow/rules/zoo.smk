@@ -1,21 +1,13 @@
 # The embedded default's model zoo (exitbench.zoo): a byte-level BPE tokenizer, the encoded
 # training windows, then one job per run; the held-out documents are never trained on.
+# common.smk has validated the config; its models already include the zoo's (zoo-<run>).
 import re
 
-from exitbench.config import ConfigError
-from exitbench.zoo import (
-    base_inputs,
-    check_study,
-    rule_settings,
-    run_priorities,
-    validate_zoo,
-)
+from exitbench.config import section_defaults
+from exitbench.zoo import base_inputs, rule_settings, run_priorities
 
-ZOO = validate_zoo(config.get("zoo") or {})
+ZOO = config.get("zoo") or section_defaults("zoo")
 ZOO_PRIORITY = run_priorities(ZOO)  # longest runs first: they bound the zoo's wall time
-_zoo_problems = check_study(config)
-if _zoo_problems:
-    raise ConfigError("invalid zoo configuration:\n  " + "\n  ".join(_zoo_problems))
 
 
 rule zoo_tokenizer:

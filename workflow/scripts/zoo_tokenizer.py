@@ -2,9 +2,9 @@
 
 from exitbench import logs, zoo
 
-logs.setup(snakemake.log[0])  # noqa: F821
+logs.setup(snakemake.log[0])
 zoo.train_tokenizer(
-    zoo=snakemake.params.zoo,  # noqa: F821
-    seed=snakemake.params.seed,  # noqa: F821
-    out_dir=snakemake.output[0],  # noqa: F821
+    zoo=snakemake.params.zoo,
+    seed=snakemake.params.seed,
+    out_dir=snakemake.output[0],
 )
