@@ -1,6 +1,7 @@
 # exitbench: how much early-exit potential do causal language models leave?
 # Stages (one file each in workflow/rules): workload -> tokenize -> extract -> score
-# -> aggregate -> figures; zoo trains the embedded default's models.
+# -> aggregate -> figures; describe_model reads each model's config, zoo trains the
+# embedded default's models.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -16,6 +17,7 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/zoo.smk"
 include: "workflow/rules/workload.smk"
+include: "workflow/rules/describe_model.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/score.smk"

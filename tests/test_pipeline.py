@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import subprocess
@@ -53,7 +54,9 @@ def study_config(model_dirs: dict[str, Path]) -> dict:
     }
 
 
-def run(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    workdir: Path, *args: str, check: bool = True, configfile: str = "study.yaml"
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(
         [
@@ -61,7 +64,7 @@ def run(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
             "--directory",
             str(workdir),
             "--configfile",
-            str(workdir / "study.yaml"),
+            str(workdir / configfile),
             *args,
         ],
         capture_output=True,
@@ -115,6 +118,86 @@ def test_every_stage_writes_its_contract(study):
 def test_second_run_has_nothing_to_do(study):
     result = run(study, "--cores", "2", "-n")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def planned_jobs(workdir: Path, config: dict, *args: str) -> dict[str, int]:
+    """Jobs per rule that ``snakemake -n`` plans in ``workdir`` under ``config``, from the
+    "Job stats:" table it prints ({} when it says there is nothing to be done)."""
+    (workdir / "edited.yaml").write_text(yaml.safe_dump(config))
+    result = run(workdir, "-n", "--quiet", "rules", *args, configfile="edited.yaml")
+    lines = result.stdout.splitlines()
+    if "Job stats:" not in lines:
+        assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
+        return {}
+    counts = {}
+    for line in lines[lines.index("Job stats:") + 3 :]:  # past "job count" and "----"
+        rule, count = line.split()
+        if rule == "total":
+            return counts
+        counts[rule] = int(count)
+    raise AssertionError(f"no total row in the job stats:\n{result.stdout[-3000:]}")
+
+
+def edited(config: dict, path: str, value) -> dict:
+    """A copy of ``config`` with the key at dotted ``path`` (e.g. ``extract.top_k``) set."""
+    config = copy.deepcopy(config)
+    *parents, key = path.split(".")
+    section = config
+    for name in parents:
+        section = section.setdefault(name, {})
+    section[key] = value
+    return config
+
+
+# settings that change only speed or memory; each differs from the study's (or the default)
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("extract.batch_size", 1),
+        ("extract.token_chunk", 5),
+        ("extract.device", "cpu"),
+        ("models.tiny-gpt2.resources", {"mem_mb": 1000, "runtime": 5}),
+        ("resources.gpu", 1),
+    ],
+)
+def test_performance_settings_rerun_nothing(study, path, value):
+    config = yaml.safe_load((study / "study.yaml").read_text())
+    assert planned_jobs(study, edited(config, path, value)) == {}
+
+
+def test_thread_counts_rerun_nothing(study):
+    config = yaml.safe_load((study / "study.yaml").read_text())
+    assert planned_jobs(study, config, "--set-threads", "extract=1", "tokenize=2") == {}
+
+
+def test_result_settings_rerun_what_they_change(study):
+    config = yaml.safe_load((study / "study.yaml").read_text())
+    downstream = {"aggregate": 1, "figures": 1, "all": 1}
+    # 3 models x 2 shards (6 windows, 4 per shard)
+    assert planned_jobs(study, edited(config, "extract.top_k", 4)) == {
+        "extract": 6,
+        "score": 3,
+        **downstream,
+    }
+    assert planned_jobs(study, edited(config, "extract.shard_sequences", 3)) == {
+        "extract": 6,
+        "score": 3,
+        **downstream,
+    }
+    # one model's weights: only its chain, from the facts read off its config
+    assert planned_jobs(study, edited(config, "models.tiny-gpt2.dtype", "bfloat16")) == {
+        "describe_model": 1,
+        "tokenize": 1,
+        "extract": 2,
+        "score": 1,
+        **downstream,
+    }
+    assert planned_jobs(study, edited(config, "tokenize.mode", "packed")) == {
+        "tokenize": 3,
+        "extract": 6,
+        "score": 3,
+        **downstream,
+    }
 
 
 def test_rerunning_one_model_reruns_only_its_chain(study):

@@ -1,4 +1,9 @@
-"""Logging setup shared by the workflow scripts."""
+"""Logging setup shared by the workflow scripts.
+
+Convention: every module logs through ``log = logging.getLogger(__name__)``, so its
+records are named ``exitbench.<module>`` and reach the handlers that :func:`setup`
+installs; scripts log through the ``exitbench`` logger that :func:`setup` returns.
+"""
 
 from __future__ import annotations
 

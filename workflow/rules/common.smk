@@ -72,10 +72,6 @@ def model_source(wildcards):
     return {key: entry[key] for key in LOAD_KEYS if key in entry}
 
 
-def model_entry(wildcards):
-    return config["models"][wildcards.model]
-
-
 def lens_shards(wildcards):
     return expand(
         "results/lens/{model}/{workload}/shard-{shard}.parquet",

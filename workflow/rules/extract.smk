@@ -20,9 +20,13 @@ rule extract:
         runtime=extract_resource("runtime"),
         cpus_per_gpu=extract_resource("cpus_per_gpu"),
         gpu_model=extract_resource("gpu_model"),
+    # only what changes the shard's values: a rerun trigger; batch_size, token_chunk,
+    # device and threads are speed and memory knobs the script reads from the config
     params:
         source=model_source,
-        extract=config["extract"],
+        top_k=config["extract"]["top_k"],
+        shard_sequences=config["extract"]["shard_sequences"],
+        # seeds torch before loading, for any weight a checkpoint lacks
         seed=config["seed"],
     script:
         "../scripts/extract.py"

@@ -1,21 +1,6 @@
 # Stage 2: fixed-length token windows with each model's own tokenizer.
 
 
-rule describe_model:
-    input:
-        model_inputs,
-    output:
-        "results/models/{model}.json",
-    log:
-        "results/logs/describe_model/{model}.log",
-    conda:
-        "../../envs/exitbench.yaml"
-    params:
-        source=model_source,
-    script:
-        "../scripts/describe_model.py"
-
-
 rule tokenize:
     input:
         workload="results/workloads/{workload}.parquet",
@@ -30,6 +15,9 @@ rule tokenize:
         "../../envs/exitbench.yaml"
     params:
         source=model_source,
-        tokenize=config["tokenize"],
+        seq_len=config["tokenize"]["seq_len"],
+        max_sequences=config["tokenize"]["max_sequences"],
+        mode=config["tokenize"]["mode"],
+        add_bos=config["tokenize"]["add_bos"],
     script:
         "../scripts/tokenize_workload.py"

@@ -9,6 +9,7 @@ rule workload:
         "results/logs/workload/{workload}.log",
     conda:
         "../../envs/exitbench.yaml"
+    # every key of a workloads entry decides which documents it holds
     params:
         spec=lambda wildcards: config["workloads"][wildcards.workload],
         seed=config["seed"],

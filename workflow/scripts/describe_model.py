@@ -2,6 +2,6 @@
 
 from exitbench import logs, models, provenance
 
-logs.setup(snakemake.log[0])  # noqa: F821
-info = models.describe_model(snakemake.wildcards.model, snakemake.params.source)  # noqa: F821
-provenance.write_json(info, snakemake.output[0])  # noqa: F821
+logs.setup(snakemake.log[0])
+info = models.describe_model(snakemake.wildcards.model, snakemake.params.source)
+provenance.write_json(info, snakemake.output[0])

@@ -2,19 +2,20 @@
 
 from exitbench import extract, logs
 
-logs.setup(snakemake.log[0])  # noqa: F821
-params = snakemake.params.extract  # noqa: F821
+logs.setup(snakemake.log[0])
+# speed and memory knobs come from the validated config, not params: editing them reruns nothing
+knobs = snakemake.config["extract"]
 extract.extract_shard(
-    model_name=snakemake.wildcards.model,  # noqa: F821
-    entry=snakemake.params.source,  # noqa: F821
-    tokens_path=snakemake.input.tokens,  # noqa: F821
-    out_path=snakemake.output[0],  # noqa: F821
-    shard_index=int(snakemake.wildcards.shard),  # noqa: F821
-    shard_sequences=params["shard_sequences"],
-    top_k=params["top_k"],
-    batch_size=params["batch_size"],
-    token_chunk=params["token_chunk"],
-    device=params["device"],
-    seed=snakemake.params.seed,  # noqa: F821
-    threads=snakemake.threads,  # noqa: F821
+    model_name=snakemake.wildcards.model,
+    entry=snakemake.params.source,
+    tokens_path=snakemake.input.tokens,
+    out_path=snakemake.output[0],
+    shard_index=int(snakemake.wildcards.shard),
+    shard_sequences=snakemake.params.shard_sequences,
+    top_k=snakemake.params.top_k,
+    batch_size=knobs["batch_size"],
+    token_chunk=knobs["token_chunk"],
+    device=knobs["device"],
+    seed=snakemake.params.seed,
+    threads=snakemake.threads,
 )

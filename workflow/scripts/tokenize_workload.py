@@ -2,14 +2,17 @@
 
 from exitbench import logs, models, provenance, tokens
 
-logs.setup(snakemake.log[0])  # noqa: F821
-name, source = snakemake.wildcards.model, snakemake.params.source  # noqa: F821
-model_info = provenance.read_json(snakemake.input.model_info)  # noqa: F821
+logs.setup(snakemake.log[0])
+name, params = snakemake.wildcards.model, snakemake.params
+model_info = provenance.read_json(snakemake.input.model_info)
 stats = tokens.tokenize_workload(
-    snakemake.input.workload,  # noqa: F821
-    models.load_tokenizer(name, source),
-    snakemake.output.table,  # noqa: F821
+    snakemake.input.workload,
+    models.load_tokenizer(name, params.source),
+    snakemake.output.table,
+    seq_len=params.seq_len,
+    max_sequences=params.max_sequences,
+    mode=params.mode,
+    add_bos=params.add_bos,
     max_positions=model_info["max_positions"],
-    **snakemake.params.tokenize,  # noqa: F821
 )
-provenance.write_json(stats, snakemake.output.stats)  # noqa: F821
+provenance.write_json(stats, snakemake.output.stats)

@@ -2,11 +2,11 @@
 
 from exitbench import logs, provenance, workloads
 
-logs.setup(snakemake.log[0])  # noqa: F821
+logs.setup(snakemake.log[0])
 info = workloads.build_workload(
-    name=snakemake.wildcards.workload,  # noqa: F821
-    spec=snakemake.params.spec,  # noqa: F821
-    seed=snakemake.params.seed,  # noqa: F821
-    out_path=snakemake.output.table,  # noqa: F821
+    name=snakemake.wildcards.workload,
+    spec=snakemake.params.spec,
+    seed=snakemake.params.seed,
+    out_path=snakemake.output.table,
 )
-provenance.write_json(info, snakemake.output.provenance)  # noqa: F821
+provenance.write_json(info, snakemake.output.provenance)

@@ -1,0 +1,16 @@
+# Each model's architecture facts (layers, vocabulary, positions), from its config alone.
+
+
+rule describe_model:
+    input:
+        model_inputs,
+    output:
+        "results/models/{model}.json",
+    log:
+        "results/logs/describe_model/{model}.log",
+    conda:
+        "../../envs/exitbench.yaml"
+    params:
+        source=model_source,
+    script:
+        "../scripts/describe_model.py"
