@@ -4,6 +4,7 @@ the study's model entries derived from the zoo section."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import subprocess
 import sys
@@ -450,6 +451,32 @@ def test_derived_parameter_counts_are_what_training_counts(built):
         )
     moe = models["zoo-moe-t"]
     assert moe["active_params"] < moe["total_params"]
+
+
+def test_parameter_counts_read_a_matching_train_json(built, tmp_path, monkeypatch):
+    """A trained run's counts come from its train.json (no torch at plan time), but only
+    when that file describes the run as configured now."""
+    info = yaml.safe_load((built["moe-t"] / "train.json").read_text())
+    architecture = {k: v for k, v in info["spec"].items() if k in zoo.ARCHITECTURE_KEYS}
+    counted = zoo.model_parameters(architecture, 320, 32)
+    run_dir = tmp_path / "results" / "zoo" / "moe-t"
+    run_dir.mkdir(parents=True)
+    marked = {**info, "total_params": 7, "active_params": 5}  # to see which source was read
+    (run_dir / "train.json").write_text(json.dumps(marked))
+    monkeypatch.chdir(tmp_path)
+    assert zoo.parameter_counts("moe-t", architecture, 320, 32) == {
+        "total_params": 7,
+        "active_params": 5,
+    }
+    assert validated(ZOO)["models"]["zoo-moe-t"]["total_params"] == 7
+    # another vocabulary, seq_len or architecture than trained: counted from the recipe
+    for vocab_size, seq_len in ((330, 32), (320, 64)):
+        assert zoo.parameter_counts(
+            "moe-t", architecture, vocab_size, seq_len
+        ) == zoo.model_parameters(architecture, vocab_size, seq_len)
+    wider = {**architecture, "hidden_size": 32}
+    assert zoo.parameter_counts("moe-t", wider, 320, 32) == zoo.model_parameters(wider, 320, 32)
+    assert zoo.parameter_counts("gpt2-t", architecture, 320, 32) == counted  # no train.json
 
 
 def test_zoo_models_of_a_tuned_run_and_checkpoints():

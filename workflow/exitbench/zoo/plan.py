@@ -8,9 +8,10 @@ validated section.
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from exitbench.config import ConfigError
@@ -19,6 +20,7 @@ from exitbench.zoo.recipes import RECIPES, model_parameters
 ZOO_ROOT = PurePosixPath("results/zoo")
 ENDOFTEXT = "<|endoftext|>"  # the zoo tokenizer's only special token: bos = eos, no pad
 DATA_NAME = "data"  # results/zoo/data holds the encoded training windows
+TRAIN_INFO = "train.json"  # a run's provenance, in results/zoo/<run>/
 # results/zoo/tokenizer and results/zoo/data are the shared inputs, never runs.
 RESERVED_NAMES = ("tokenizer", DATA_NAME)
 MODEL_PREFIX = "zoo-"  # run <run> is the study's model zoo-<run>
@@ -120,8 +122,8 @@ def zoo_models(zoo: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ``zoo-<run>-step-<N>`` loads ``results/zoo/<run>/checkpoints/step-<N>`` for each of its
     checkpoints. Each carries its recipe's ``family``, ``generation``, stand-in ``release``
     and ``arch`` (:data:`~exitbench.zoo.recipes.RECIPES`; a tuned run those of its base), the
-    parameter counts of the model the recipe builds (:func:`~exitbench.zoo.recipes.
-    model_parameters`), ``tuning: tuned`` and ``base_model: zoo-<init_from>`` for a run whose
+    parameter counts of the model the recipe builds (:func:`parameter_counts`),
+    ``tuning: tuned`` and ``base_model: zoo-<init_from>`` for a run whose
     ``task`` is not pretraining, else ``tuning: base``; a run with checkpoints and its
     checkpoints carry ``training_step`` (the final's is the run's last step) and
     ``checkpoint_of: <run>``.
@@ -144,7 +146,7 @@ def _generated_models(zoo: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any
             "generation": recipe.generation,
             "release": recipe.release,
             "arch": recipe.arch,
-            **model_parameters(architecture, vocab_size, seq_len),
+            **parameter_counts(run, architecture, vocab_size, seq_len),
             "tuning": "tuned" if tuned else "base",
         }
         if tuned and spec.get("init_from"):
@@ -165,6 +167,28 @@ def _generated_models(zoo: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any
             )
         generated[name] = (run, entry)
     return generated
+
+
+def parameter_counts(
+    run: str, architecture: dict[str, Any], vocab_size: int, seq_len: int
+) -> dict[str, int]:
+    """``total_params`` and ``active_params`` of run ``run``'s model: what training counted
+    (``results/zoo/<run>/train.json``) where that file describes this architecture, vocabulary
+    and seq_len, else counted on the meta device (:func:`~exitbench.zoo.recipes.
+    model_parameters`; equal, and tested so). Reading the file spares a trained study's
+    every plan the seconds torch and transformers take to import."""
+    try:
+        info = json.loads((Path(ZOO_ROOT) / run / TRAIN_INFO).read_text())
+        trained = {key: info["spec"][key] for key in ARCHITECTURE_KEYS if key in info["spec"]}
+        if (trained, info["model_config"]["vocab_size"], info["seq_len"]) == (
+            architecture,
+            vocab_size,
+            seq_len,
+        ):
+            return {key: int(info[key]) for key in ("total_params", "active_params")}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not trained yet (or unreadable): count the model the recipe builds
+    return model_parameters(architecture, vocab_size, seq_len)
 
 
 # --------------------------------------------------------------------------- runs

@@ -26,7 +26,7 @@ from exitbench.zoo.data import (
     tokenizer_sha256,
     window_plan,
 )
-from exitbench.zoo.plan import ENDOFTEXT, ZooError, run_spec, total_steps
+from exitbench.zoo.plan import ENDOFTEXT, TRAIN_INFO, ZooError, run_spec, total_steps
 from exitbench.zoo.recipes import RECIPES, count_parameters, model_config
 
 if TYPE_CHECKING:  # torch is imported where used, so Snakefiles import this module quickly
@@ -299,7 +299,7 @@ def train_run(
         "data_sources": sources,
         "versions": provenance.package_versions(),
     }
-    provenance.write_json(info, out_dir / "train.json")
+    provenance.write_json(info, out_dir / TRAIN_INFO)
     log.info(
         "run %s done: loss %.3f -> %.3f over %d tokens in %.0f s (%.0f tok/s)",
         run,
