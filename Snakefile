@@ -2,6 +2,7 @@
 # Stages (one file each in workflow/rules): workload -> tokenize -> extract -> score
 # -> aggregate -> figures; describe_model reads each model's config, zoo trains the
 # embedded default's models.
+from exitbench.aggregate import write_failure_summary
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -28,8 +29,10 @@ include: "workflow/rules/figures.smk"
 report: "workflow/report/workflow.rst"
 
 
+# after a failed run (say, --keep-going with a gated model), still write the summary:
+# every finished pair with its numbers, every failed one with its first error line
 onerror:
-    write_failure_summary()
+    write_failure_summary(config)
 
 
 rule all:

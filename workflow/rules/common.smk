@@ -7,7 +7,6 @@ from exitbench.config import ConfigError, resolve_path, validate_config
 from exitbench.registry import fill_metadata, load_registry
 from exitbench.resources import extract_resources
 from exitbench.zoo import zoo_run_dir
-from snakemake.logging import logger
 
 config.update(validate_config(config))
 config["models"] = fill_metadata(
@@ -78,42 +77,6 @@ def lens_shards(wildcards):
         model=wildcards.model,
         workload=wildcards.workload,
         shard=range(N_SHARDS),
-    )
-
-
-def write_failure_summary():
-    """After a failed run (say, --keep-going with a gated model), still write the summary:
-    every finished pair with its numbers, every failed one with its first error line."""
-    from exitbench.aggregate import METADATA_KEYS, aggregate_files
-
-    infos = {m: f"results/models/{m}.json" for m in MODELS}
-    try:
-        summary = aggregate_files(
-            {(m, w): f"results/scores/{m}/{w}.json" for m, w in PAIRS},
-            {
-                name: {key: entry[key] for key in METADATA_KEYS if key in entry}
-                for name, entry in config["models"].items()
-            },
-            {m: path for m, path in infos.items() if Path(path).exists()},
-            summary_parquet="results/summary.parquet",
-            summary_csv="results/summary.csv",
-            statistics_csv="results/statistics.csv",
-            statistics_json="results/statistics.json",
-            seed=config["seed"],
-            log_dir="results/logs",
-        )
-    except (
-        Exception
-    ) as err:  # the summary is a courtesy here; the run has failed anyway
-        logger.warning(f"could not write a partial summary: {err}")
-        return
-    failed = summary[summary["status"] == "failed"]
-    logger.warning(
-        f"{len(failed)} of {len(summary)} (model, workload) pairs failed; "
-        "results/summary.csv lists them with the error:\n"
-        + "\n".join(
-            f"  {r.model} / {r.workload}: {r.error}" for r in failed.itertuples()
-        )
     )
 
 
