@@ -390,6 +390,11 @@ def test_summary_row_copies_a_real_score_json(tmp_path: Path):
     assert row["best_measure_99"] == written["best_measure"]["0.99"]
     assert row["flops_per_token"] == written["flops"]["full"]
     assert row["family"] == "F" and row["release_year"] == 2024.0
+    # issue 10 item 5: the too-few-documents flag and the warnings travel into the summary
+    assert bool(row["few_documents"]) is True and row["n_windows"] == 2
+    assert pd.isna(row["n_windows_requested"])
+    assert row["warnings"] == "; ".join(written["warnings"])
+    assert row["warnings"].startswith("only 1 held-out document(s)")
 
 
 def test_model_metadata_keeps_only_what_the_summary_shows():

@@ -526,3 +526,72 @@ def test_incomplete_params_name_the_missing_keys(tmp_path):
     paths, tokens, info = hand_case(tmp_path)
     with pytest.raises(score.ScoreError, match=r"\['calibration_fraction'.*section_defaults"):
         score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
+
+
+# ---------------------------------------------------------------- small studies
+
+
+def empty_extract_shard(tokens: Path, out: Path, shard_index: int, shard_sequences: int) -> Path:
+    """A shard past the tokens table's windows, written by extract (no model is loaded)."""
+    from exitbench import extract
+
+    stats = extract.extract_shard("tiny", {}, tokens, out, shard_index, shard_sequences, 1, 1, 64)
+    assert stats["windows"] == 0
+    return out
+
+
+def test_empty_shards_past_the_windows_score_and_say_so_once(tmp_path, caplog):
+    """Issue 10 item 2: max_sequences=4, shard_sequences=1, the workload yields 2 windows."""
+    paths, tokens, info = hand_case(tmp_path, shards=[[0], [1]])
+    empty = [empty_extract_shard(tokens, tmp_path / f"shard-{k}.parquet", k, 1) for k in (2, 3)]
+    assert tables.read_table(empty[0], "lens").num_rows == 0  # schema-checked on read
+    _, alone = score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
+    with caplog.at_level("WARNING", logger="exitbench.score"):
+        table, summary = score.score_lens(
+            paths + empty, tokens, info, params(bootstrap=10, max_sequences=4), seed=0
+        )
+    assert summary["headline"] == alone["headline"]
+    assert summary["n_windows"] == 2 and summary["n_windows_requested"] == 4
+    assert alone["n_windows"] == 2 and alone["n_windows_requested"] is None
+    said = [r.getMessage() for r in caplog.records if "than the 4 requested" in r.getMessage()]
+    assert len(said) == 1 and "2 token windows" in said[0]
+    assert any("fewer than the 4 requested" in w for w in summary["warnings"])
+    out = tmp_path / "out"
+    score.write_scores(table, summary, out / "s.parquet", out / "s.json")
+    assert json.loads((out / "s.json").read_text())["n_windows_requested"] == 4
+
+
+def test_empty_shard_that_should_have_rows_fails_naming_it(tmp_path):
+    paths, tokens, info = hand_case(tmp_path, shards=[[0], [1]])
+    empty_extract_shard(tokens, paths[1], 5, 1)  # shard-1 now empty, yet window 1 is its
+    with pytest.raises(shards.ShardError, match=r"seq_id=1 .*empty shard\(s\): .*shard-1\.parquet"):
+        score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
+    empty_extract_shard(tokens, paths[0], 5, 1)
+    with pytest.raises(shards.ShardError, match=r"every lens shard .* is empty .* 2 windows"):
+        score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
+
+
+def test_few_documents_are_flagged(tmp_path, caplog):
+    """Issue 10 item 5: a held-out split under MIN_CI_DOCUMENTS documents is flagged."""
+    assert score.MIN_CI_DOCUMENTS == 20
+    paths, tokens, info = hand_case(tmp_path)  # 2 documents: 1 calibration, 1 held out
+    _, summary = score.score_lens(paths, tokens, info, params(bootstrap=10), seed=0)
+    assert summary["n_heldout_documents"] == 1 and summary["few_documents"] is True
+    assert summary["warnings"] == [
+        "only 1 held-out document(s) (fewer than 20): bootstrap CIs over documents are "
+        "unreliable; use more documents (workloads.<name>.max_docs) or a smaller "
+        "score.calibration_fraction"
+    ]
+    # one document: calibration = held-out, said once in the log
+    gold = np.array([7, 7, 7, -1])
+    one = build(tmp_path / "one", [(0, "a", 4)], np.full((4, 2), 7), gold, layers=[1, 2])
+    with caplog.at_level("WARNING", logger="exitbench.score"):
+        _, summary = score.score_lens(*one, params(bootstrap=10), seed=0)
+    assert summary["few_documents"] is True
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["1 document(s)"]
+    assert sum("in-sample" in r.getMessage() for r in caplog.records) == 1
+    # enough documents: no flag
+    arrays = random_arrays(n_docs=50)
+    _, summary = score.score_arrays(arrays, 6, None, params(bootstrap=0), seed=0)
+    assert summary["n_heldout_documents"] >= 20
+    assert summary["few_documents"] is False and summary["warnings"] == []

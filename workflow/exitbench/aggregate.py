@@ -123,6 +123,9 @@ _COUNT_KEYS = (
     "n_documents",
     "n_calibration_documents",
     "n_heldout_documents",
+    "n_windows",
+    "n_windows_requested",
+    "few_documents",
 )
 _BEST_MEASURES = {"best_measure_99": "0.99", "best_measure_95": "0.95", "best_measure_auc": "auc"}
 #: Columns of ``results/statistics.csv`` in order.
@@ -273,6 +276,7 @@ def build_summary(
         best = data.get("best_measure", {})
         for column, key in _BEST_MEASURES.items():
             row[column] = best.get(key)
+        row["warnings"] = "; ".join(data.get("warnings") or []) or None
         flops = data.get("flops")
         row["flops_per_token"] = flops.get("full") if isinstance(flops, Mapping) else None
         rows.append(row)

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HEADLINE_TARGETS",
+    "MIN_CI_DOCUMENTS",
     "Documents",
     "ExitPolicies",
     "OracleExits",
@@ -61,12 +62,14 @@ __all__ = [
     "assemble_headline",
     "document_split",
     "exit_policies",
+    "few_documents",
     "layer_curves",
     "oracle_exits",
     "score_arrays",
     "score_files",
     "score_lens",
     "scores_table",
+    "study_warnings",
     "summary_dict",
     "validate_headline",
     "write_scores",
@@ -75,6 +78,10 @@ __all__ = [
 #: Consistency targets always reported (the headline contract); config targets add to them.
 HEADLINE_TARGETS: tuple[float, ...] = (0.99, 0.95)
 HEADLINE_SCHEMA = SCHEMA_DIR / "score_headline.schema.json"
+#: Fewest held-out documents behind a bootstrap CI that we call trustworthy: below it the
+#: score JSON says ``few_documents: true`` (CIs over a handful of documents are too narrow,
+#: or zero-width with one).
+MIN_CI_DOCUMENTS = 20
 
 #: How each policy's threshold is applied (copied into the JSON).
 MEASURE_RULES = {
@@ -152,6 +159,11 @@ class Documents:
     def count(self) -> int:
         return len(self.ids)
 
+    @property
+    def in_sample(self) -> bool:
+        """Whether the held-out split is (part of) the calibration split (one document)."""
+        return bool((self.calibration & self.heldout).any())
+
     def per_layer_sums(self, values: np.ndarray) -> np.ndarray:
         """``[layers, T]`` -> ``[documents, layers]`` float64 sums."""
         return np.add.reduceat(values, self.starts, axis=1, dtype=np.float64).T
@@ -173,8 +185,8 @@ def document_split(
 
     Bootstrap weights come from ``np.random.default_rng(seed)``: first
     ``bootstrap`` resamples of all documents, then of the held-out ones. With
-    one document the held-out split is the calibration split (in-sample,
-    logged as a warning).
+    one document the held-out split is the calibration split (in-sample:
+    :func:`study_warnings` says so).
     """
     doc = np.asarray(arrays.doc)
     if doc.size == 0:
@@ -188,13 +200,7 @@ def document_split(
     n_docs = len(doc_ids)
     calibration = metrics.split_documents(doc_ids, float(calibration_fraction), seed)
     heldout = ~calibration
-    if not heldout.any():
-        log.warning(
-            "only %d document(s) in workload %r: calibration and held-out splits are the same "
-            "document(s), so held-out numbers are in-sample",
-            n_docs,
-            workload,
-        )
+    if not heldout.any():  # one document: in-sample (study_warnings says so)
         heldout = calibration.copy()
     rng = np.random.default_rng(seed)
     weights = metrics.bootstrap_weights(n_docs, int(bootstrap), rng)
@@ -211,6 +217,45 @@ def document_split(
         weights=weights,
         heldout_weights=heldout_weights,
     )
+
+
+def study_warnings(
+    docs: Documents, n_windows: int | None = None, n_windows_requested: int | None = None
+) -> list[str]:
+    """Plain-language warnings about the size of the study (the score JSON's ``warnings``).
+
+    One for fewer windows than ``tokenize.max_sequences`` asked for, one for a
+    held-out split of fewer than :data:`MIN_CI_DOCUMENTS` documents (or one that
+    is the calibration split itself).
+    """
+    warnings = []
+    if n_windows is not None and n_windows_requested is not None:
+        if n_windows < n_windows_requested:
+            warnings.append(
+                f"the workload yields {n_windows} token windows, fewer than the "
+                f"{n_windows_requested} requested (tokenize.max_sequences): the extra lens "
+                "shards are empty; use more or longer documents to score that many"
+            )
+    n_held = int(docs.heldout.sum())
+    if docs.in_sample:
+        warnings.append(
+            f"{docs.count} document(s): calibration and held-out splits are the same documents, "
+            "so held-out numbers are in-sample and their CIs too narrow; use more documents "
+            "(workloads.<name>.max_docs) or a smaller score.calibration_fraction"
+        )
+    elif n_held < MIN_CI_DOCUMENTS:
+        warnings.append(
+            f"only {n_held} held-out document(s) (fewer than {MIN_CI_DOCUMENTS}): bootstrap CIs "
+            "over documents are unreliable; use more documents (workloads.<name>.max_docs) or "
+            "a smaller score.calibration_fraction"
+        )
+    return warnings
+
+
+def few_documents(docs: Documents) -> bool:
+    """True when the held-out split has fewer than :data:`MIN_CI_DOCUMENTS` documents
+    or is the calibration split itself (in-sample)."""
+    return docs.in_sample or int(docs.heldout.sum()) < MIN_CI_DOCUMENTS
 
 
 # ---------------------------------------------------------------- 2. agreement
@@ -510,6 +555,12 @@ def scores_table(
     )
 
 
+def _requested_windows(params: Mapping[str, Any]) -> int | None:
+    """``tokenize.max_sequences`` when the caller passed it in ``params``."""
+    value = params.get("max_sequences")
+    return None if value is None else int(value)
+
+
 def _n_gold(arrays: LensArrays) -> int:
     return int((np.asarray(arrays.gold) >= 0).sum())
 
@@ -524,8 +575,14 @@ def summary_dict(
     seed: int,
     model: str,
     workload: str,
+    n_windows: int | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The headline JSON's content (JSON-ready, ``provenance`` left empty)."""
+    """The headline JSON's content (JSON-ready, ``provenance`` left empty).
+
+    ``n_windows`` is the tokens table's window count, ``params["max_sequences"]``
+    (optional) the number requested; ``warnings`` come from :func:`study_warnings`.
+    """
     L = int(arrays.layers[-1])
     targets = _targets(params)
     headline, best_measure = assemble_headline(oracle, policies, targets)
@@ -539,6 +596,10 @@ def summary_dict(
         "n_documents": docs.count,
         "n_calibration_documents": int(docs.calibration.sum()),
         "n_heldout_documents": int(docs.heldout.sum()),
+        "n_windows": None if n_windows is None else int(n_windows),
+        "n_windows_requested": _requested_windows(params),
+        "few_documents": few_documents(docs),
+        "warnings": list(warnings),
         "headline": headline,
         "best_measure": best_measure,
         "policies": policies.policies,
@@ -573,11 +634,14 @@ def score_arrays(
     seed: int,
     model: str = "",
     workload: str = "",
+    n_windows: int | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Per-layer curves (schema ``scores``) and the headline summary dict.
 
-    ``params`` is the validated config's ``score:`` section (plus an optional
-    ``seq_len``). The steps, in order: :func:`document_split`,
+    ``params`` is the validated config's ``score:`` section (plus optional
+    ``seq_len`` and ``max_sequences`` from ``tokenize:``); ``n_windows`` the
+    tokens table's window count. Each of :func:`study_warnings` is logged once
+    and written to the summary's ``warnings``. The steps, in order: :func:`document_split`,
     :func:`agreement_masks`, :func:`layer_curves`, :func:`oracle_exits`,
     :func:`exit_policies`, then :func:`scores_table` and :func:`summary_dict`
     (with :func:`assemble_headline`). In short, over tokens t and documents d
@@ -607,7 +671,13 @@ def score_arrays(
     oracle = oracle_exits(agree, correct, docs, flops)
     policies = exit_policies(arrays, agree, correct, docs, flops, oracle.costs, params)
     table = scores_table(arrays, curves, oracle, model, workload)
-    return table, summary_dict(arrays, docs, oracle, policies, flops, params, seed, model, workload)
+    warnings = study_warnings(docs, n_windows, _requested_windows(params))
+    for warning in warnings:
+        log.warning("%s / %s: %s", model, workload, warning)
+    summary = summary_dict(
+        arrays, docs, oracle, policies, flops, params, seed, model, workload, n_windows, warnings
+    )
+    return table, summary
 
 
 def _strided_subset(mask: np.ndarray, max_count: int, n_rows: int) -> np.ndarray:
@@ -658,14 +728,16 @@ def score_lens(
     layer_numbers, config); ``params`` the validated config's ``score:`` section
     (:func:`exitbench.config.section_defaults` gives the defaults) plus an
     optional ``seq_len`` (``tokenize.seq_len``, for attention FLOPs; default:
-    the longest window); ``workload`` defaults to the tokens file's stem.
+    the longest window) and ``max_sequences`` (``tokenize.max_sequences``: the
+    windows requested, compared with those the tokens table has); ``workload``
+    defaults to the tokens file's stem.
     """
     tokens_path = Path(tokens_path)
     num_layers = int(model_info["num_layers"])
     arrays = load_lens(lens_paths, tokens_path, num_layers, model_info.get("layer_numbers"))
     params = dict(params)
+    lengths = read_table(tokens_path, "tokens", columns=["n_tokens"]).column("n_tokens")
     if params.get("seq_len") is None:
-        lengths = read_table(tokens_path, "tokens", columns=["n_tokens"]).column("n_tokens")
         params["seq_len"] = int(pc.max(lengths).as_py())
     flops = None
     config = model_info.get("config")
@@ -689,6 +761,7 @@ def score_lens(
         seed,
         model=str(model_info.get("name", "")),
         workload=workload if workload is not None else tokens_path.stem,
+        n_windows=len(lengths),
     )
 
 

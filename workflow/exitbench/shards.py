@@ -144,6 +144,11 @@ def load_lens(
     with a :class:`ShardError` naming the shard; an unreadable shard fails with
     :class:`exitbench.tables.TableError` naming it. Shards sorted by
     (seq_id, pos, layer) take a copy-only fast path; other orders are scattered.
+
+    An empty shard (no rows: extract found no windows in its seq_id range, as
+    when a workload yields fewer than ``tokenize.max_sequences`` windows) is
+    valid; one that should have had rows leaves windows uncovered, which fails
+    naming the empty shard(s).
     """
     tokens_path = Path(tokens_path)
     paths = [Path(p) for p in lens_paths]
@@ -156,9 +161,15 @@ def load_lens(
     arrays: dict[str, np.ndarray] = {}
     owner = np.empty((0, 0), dtype=np.int32)
     gold = np.full(n_total, -1, dtype=np.int32)
+    empty: list[Path] = []
     for shard_index, (path, table) in enumerate(
         tqdm(_prefetched(paths), total=len(paths), desc="lens shards", unit="shard", leave=False)
     ):
+        if table.num_rows == 0:
+            # a shard past the workload's windows: valid (schema-checked on read); whether
+            # it should have had rows is decided below, by the windows left uncovered
+            empty.append(path)
+            continue
         layer = _column(table, "layer")
         if layers is None:
             start = 0 if layer.size and layer.min() == 0 else 1
@@ -196,7 +207,12 @@ def load_lens(
             gold[token[last]] = _column(table, "gold", fill=-1)[last]
         del table
 
-    assert layers is not None
+    if not arrays or layers is None:
+        raise ShardError(
+            f"every lens shard of {tokens_path} is empty ({len(paths)} shards, first {paths[0]}) "
+            f"but the tokens table has {windows.seq_ids.size} windows; delete the shards and "
+            "rerun extract"
+        )
     missing = owner < 0
     if missing.any():
         li, token = (int(x[0]) for x in np.nonzero(missing))
@@ -208,6 +224,8 @@ def load_lens(
             f"shard {paths[int(holders[holders >= 0][0])]} holds other rows of that window"
             if (holders >= 0).any()
             else "no shard has any row of that window"
+            + (f"; empty shard(s): {', '.join(map(str, empty[:3]))}" if empty else "")
+            + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
         )
         raise ShardError(
             f"lens rows missing: {int(missing.sum())} of the {n_total} tokens x {layers.size} "
@@ -255,8 +273,6 @@ def _claim(owner: np.ndarray, cells: Any, shard: int, path: Path, paths: list[Pa
 
 def _check_layers(path: Path, layer: np.ndarray, layers: np.ndarray) -> None:
     """The shard has exactly the expected layers, each with the same row count."""
-    if layer.size == 0:
-        raise ShardError(f"{path}: lens shard has no rows; delete it and rerun extract")
     if layer.min() < 0:
         raise ShardError(f"{path}: negative layer numbers; delete the shard and rerun extract")
     counts = np.bincount(layer, minlength=int(layers[-1]) + 1)

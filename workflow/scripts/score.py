@@ -10,7 +10,12 @@ score.score_files(
     model_info_path=snakemake.input.model_info,
     parquet_path=snakemake.output.curves,
     json_path=snakemake.output.headline,
-    params={**snakemake.params.score, "seq_len": snakemake.params.seq_len},
+    # max_sequences only reports how many windows were asked for: read, not a rerun trigger
+    params={
+        **snakemake.params.score,
+        "seq_len": snakemake.params.seq_len,
+        "max_sequences": snakemake.config["tokenize"]["max_sequences"],
+    },
     seed=snakemake.params.seed,
     workload=snakemake.wildcards.workload,
     provenance={
