@@ -58,6 +58,20 @@ def test_input_is_not_mutated():
             "1.5",
         ),
         (lambda c: c.update(zoo={"tokenizers": {}}), "zoo", "allowed keys"),
+        # issue 10 item 4: draft 2020-12 counts 48.0 as an integer; we do not
+        (
+            lambda c: c.update(tokenize={"seq_len": 48.0}),
+            "tokenize.seq_len",
+            "expected an integer, got the float 48.0 (write 48)",
+        ),
+        (lambda c: c.update(extract={"top_k": 5.0}), "extract.top_k", "float 5.0"),
+        (lambda c: c["workloads"]["docs"].update(max_docs=1e3), "workloads.docs.max_docs", "1000"),
+        (lambda c: c.update(seed=True), "seed", "True"),
+        (
+            lambda c: c.update(zoo={"training": {"seq_len": 64.0}}),
+            "zoo.training.seq_len",
+            "float 64.0",
+        ),
     ],
 )
 def test_bad_config_names_key(change, path, expected):

@@ -53,8 +53,14 @@ def _validator(schema: dict) -> jsonschema.protocols.Validator:
     return DefaultsValidator(schema, registry=_registry())
 
 
+def _is_strict_integer(checker: Any, instance: Any) -> bool:
+    """``type: integer`` without draft 2020-12's 48.0: a float in the YAML is a mistake there."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 def _with_defaults(validator_class: type) -> type:
-    """A validator that also writes each property's ``default`` into the instance."""
+    """A validator that also writes each property's ``default`` into the instance, and
+    whose ``integer`` type rejects floats (``seq_len: 48.0``)."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -64,7 +70,11 @@ def _with_defaults(validator_class: type) -> type:
                     instance[key] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    return jsonschema.validators.extend(
+        validator_class,
+        {"properties": set_defaults},
+        type_checker=validator_class.TYPE_CHECKER.redefine("integer", _is_strict_integer),
+    )
 
 
 #: Draft 2020-12 validator that also fills each property's ``default`` (config and zoo).
@@ -82,6 +92,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
         extra = sorted(set(error.instance) - set(allowed))
         hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
         return f"unknown key(s) {', '.join(map(repr, extra))}{hint}"
+    expected = error.validator_value if error.validator == "type" else ()
+    if isinstance(error.instance, float) and "integer" in (
+        [expected] if isinstance(expected, str) else expected
+    ):
+        hint = f" (write {int(error.instance)})" if error.instance.is_integer() else ""
+        return f"expected an integer, got the float {error.instance!r}{hint}"
     if error.validator == "oneOf" and isinstance(error.instance, dict):
         return "expected exactly one of 'path' (a local save_pretrained folder) or 'hf_id'"
     return error.message
