@@ -206,3 +206,17 @@ def test_build_workload_writes_identical_tables(tmp_path):
     assert table.num_rows == info["n_docs"] == 4
     assert table.column("prompt").null_count == 4
     assert Path(tmp_path / "a.parquet").read_bytes() == Path(tmp_path / "b.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_non_utf8_file_names_the_file_and_the_key(tmp_path, suffix):
+    """Issue 10 item 4: a Latin-1 file, not a bare UnicodeDecodeError."""
+    path = tmp_path / f"latin{suffix}"
+    body = "caf\u00e9 au lait" if suffix == ".txt" else '{"text": "caf\u00e9"}'
+    path.write_bytes(("first line\n" if suffix == ".txt" else "").encode() + body.encode("latin-1"))
+    with pytest.raises(WorkloadError) as error:
+        load_documents("f", {"source": "file", "path": str(path)})
+    assert str(error.value).startswith(
+        f"config key 'workloads.f.path': {path} is not UTF-8 text (byte 0xe9 at offset "
+    )
+    assert "re-encode the file as UTF-8" in str(error.value)

@@ -276,6 +276,19 @@ def read_file_documents(
 
     ``key`` is the config key of the workload (``workloads.<name>``) for messages.
     """
+    try:
+        return _read_file_documents(path, text_column, prompt_column, key)
+    except UnicodeDecodeError as err:
+        raise WorkloadError(
+            f"config key '{key}.path': {path} is not UTF-8 text (byte {err.object[err.start]:#04x} "
+            f"at offset {err.start} cannot be decoded); re-encode the file as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name}`"
+        ) from err
+
+
+def _read_file_documents(
+    path: Path, text_column: str, prompt_column: str | None, key: str
+) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         parts = _split_txt(path.read_text(encoding="utf-8"))
