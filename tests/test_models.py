@@ -136,6 +136,24 @@ def test_bad_dtype_and_device(tiny_model_dirs):
     assert models.resolve_device("auto") in {"cpu", "cuda"}
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_safetensors_names_the_model_and_the_file(tiny_model_dirs, tmp_path, damage):
+    """Issue 10 item 4: not a bare SafetensorError from deep inside transformers."""
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_model_dirs["llama"], folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a model")
+    with pytest.raises(ModelLoadError) as err:
+        models.load_model("m", {"path": str(folder)}, "cpu")
+    message = str(err.value)
+    assert message.startswith(
+        f"config key 'models.m.path' ({str(folder)!r}): model 'm' has a corrupt or truncated "
+        f"weights file: {weights} ("
+    )
+    assert message.endswith("copy or save_pretrained the model again")
+
+
 def test_bfloat16_on_cpu_warns(tiny_model_dirs, caplog):
     entry = {"path": str(tiny_model_dirs["llama"]), "dtype": "bfloat16"}
     with caplog.at_level(logging.WARNING, logger="exitbench.models"):

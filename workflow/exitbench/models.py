@@ -37,6 +37,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import repo_folder_name
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from exitbench import architectures
@@ -206,6 +207,31 @@ def _explain(name: str, entry: dict[str, Any], err: Exception, what: str) -> Mod
     )
 
 
+def _corrupt_weights(
+    name: str, entry: dict[str, Any], source: str, err: Exception
+) -> ModelLoadError:
+    """A weights file that safetensors cannot read: name the model and the file(s)."""
+    folder = Path(source)
+    if folder.is_dir():
+        broken = []
+        for file in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(file, framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as why:
+                broken.append(f"{file} ({why})")
+        files = "; ".join(broken) or f"a .safetensors file in {folder} ({err})"
+        return ModelLoadError(
+            f"{_source_key(name, entry)}: model {name!r} has a corrupt or truncated weights "
+            f"file: {files}; copy or save_pretrained the model again"
+        )
+    return ModelLoadError(
+        f"{_source_key(name, entry)}: model {name!r} has a corrupt or truncated .safetensors "
+        f"file in the Hugging Face cache ({hub_cache_dir()}): {err}; delete the model from the "
+        f"cache (`hf cache delete`) and download it again"
+    )
+
+
 def _source_key(name: str, entry: dict[str, Any]) -> str:
     key = "path" if "path" in entry else "hf_id"
     return f"config key 'models.{name}.{key}' ({entry.get(key)!r})"
@@ -293,6 +319,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             source, config=config, dtype=dtype, **placement, **_hub_kwargs(entry, revision)
         )
+    except SafetensorError as err:
+        raise _corrupt_weights(name, entry, source, err) from err
     except (OSError, ValueError) as err:
         raise _explain(name, entry, err, "weights") from err
     if not placement:
