@@ -10,6 +10,7 @@ import torch
 from exitbench import extract, models, tables
 from exitbench.extract import NonFiniteLogitsError
 from exitbench.lens import LogitLens
+from exitbench.tokens import TokenizeError
 
 KINDS = ["llama", "gpt2", "mamba2"]
 LENGTHS = [12, 7, 12, 1, 9, 5]  # seq_id 0..5; a 1-token window has no gold at all
@@ -199,6 +200,42 @@ def test_nan_logits_name_the_layer(tiny_model_dirs, tokens_path, tmp_path, monke
         run_shard(tiny_model_dirs, "llama", tokens_path, out)
     assert "'llama'" in str(err.value) and str(out) in str(err.value)
     assert not out.exists()
+    # issue 10 item 4: float32 is suggested only to a model that does not run in it
+    assert "dtype float32); the model already runs in float32" in str(err.value)
+    assert "dtype: float32" not in str(err.value)
+    entry = {"path": str(tiny_model_dirs["llama"]), "dtype": "bfloat16"}
+    with pytest.raises(NonFiniteLogitsError) as err:
+        extract.extract_shard("llama", entry, tokens_path, out, 0, 4, TOP_K, 3, 5, "cpu")
+    assert str(err.value).endswith("dtype bfloat16); try models.llama.dtype: float32")
+
+
+def test_top_k_above_the_vocabulary_warns_once(tiny_model_dirs, tokens_path, tmp_path, caplog):
+    out = tmp_path / "shard-1.parquet"
+    with caplog.at_level("WARNING", logger="exitbench.extract"):
+        run_shard(tiny_model_dirs, "gpt2", tokens_path, out, shard=1, top_k=500, batch_size=1)
+    said = [r.getMessage() for r in caplog.records if "top_k" in r.getMessage()]
+    assert said == [
+        "extract.top_k = 500 is larger than model 'gpt2''s vocabulary of 384: topk_ids and "
+        "topk_logprobs hold 384 entries per row"
+    ]
+    assert len(tables.read_table(out, "lens")["topk_ids"][0].as_py()) == 384
+
+
+def test_token_ids_beyond_the_vocabulary_name_both_sizes(tiny_model_dirs, tmp_path):
+    table = pa.table(
+        {
+            "seq_id": np.arange(2, dtype=np.int64),
+            "doc_id": ["a", "b"],
+            "input_ids": [[1, 2, 3], [5, 900, 6]],
+            "n_tokens": np.array([3, 3], dtype=np.int32),
+        }
+    )
+    tokens = tables.write_table(table, tmp_path / "t.parquet", "tokens")
+    with pytest.raises(TokenizeError) as err:
+        run_shard(tiny_model_dirs, "llama", tokens, tmp_path / "shard-0.parquet")
+    assert str(err.value).startswith(
+        "model 'llama': window seq_id 1 holds token id 900 but the model's vocabulary has 384 ids"
+    )
 
 
 def test_inf_logits_are_caught(tiny_model_dirs, tokens_path):

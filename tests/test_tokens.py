@@ -173,6 +173,20 @@ def test_errors_name_the_setting(gpt2_like):
         tokenize_documents(docs(words(0, 1)), gpt2_like, 8, 4, mode="sliding")
 
 
+def test_token_ids_beyond_the_model_vocabulary_name_both_sizes(gpt2_like):
+    """Issue 10 item 4: checked when tokenizing, not a bare IndexError at extract."""
+    text = docs(words(0, 1), words(2, 29))  # ids 3, 4 and 5, 32
+    table = tokenize_documents(text, gpt2_like, 8, 4, vocab_size=33, model="m")
+    assert table.num_rows == 2
+    with pytest.raises(TokenizeError) as err:
+        tokenize_documents(text, gpt2_like, 8, 4, vocab_size=20, model="m")
+    assert str(err.value) == (
+        "model 'm': the tokenizer (33 tokens) gives token id 32 in document 'd1', but the "
+        "model's vocabulary has 20 ids (0..19); the model folder's tokenizer does not belong "
+        "to its weights: save the matching tokenizer beside the model"
+    )
+
+
 def test_bpe_windows_reassemble_the_document():
     corpus = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog."]
     bpe = Tokenizer(models.BPE(unk_token="[UNK]"))

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from exitbench import models, tables
 from exitbench.lens import LogitLens
+from exitbench.tokens import TokenizeError
 
 logger = logging.getLogger(__name__)
 
@@ -449,6 +450,7 @@ def extract_shard(
 
     model, dtype = models.load_model(model_name, entry, device)
     lens = LogitLens.from_model(model)
+    _check_vocabulary(model_name, model, windows, seq_ids, top_k)
     on_cpu = _model_device(model).type == "cpu"
     deterministic = torch.are_deterministic_algorithms_enabled()
     if on_cpu:
@@ -489,8 +491,8 @@ def extract_shard(
                     err.layer,
                     f"model {model_name!r}: NaN or inf in the lens logits at layer {err.layer} "
                     f"while writing {out_path} (windows seq_id {int(seq_ids[start])}.."
-                    f"{int(seq_ids[start + len(batch) - 1])}, dtype {dtype}); "
-                    f"try models.{model_name}.dtype: float32",
+                    f"{int(seq_ids[start + len(batch) - 1])}, dtype "
+                    f"{str(dtype).removeprefix('torch.')}); " + _non_finite_hint(model_name, dtype),
                 ) from err
             if out_of_memory:  # outside the except block, so the failed batch's tensors are freed
                 batch_size //= 2
@@ -522,6 +524,46 @@ def extract_shard(
         str(_model_device(model)),
         str(dtype).removeprefix("torch."),
     )
+
+
+def _non_finite_hint(model_name: str, dtype: torch.dtype) -> str:
+    """What to try after NaN/inf logits: float32 unless the model already runs in it."""
+    if dtype == torch.float32:
+        return (
+            "the model already runs in float32, so its weights (or a layer's arithmetic) "
+            "produce them: check the checkpoint, e.g. load it and run one forward pass"
+        )
+    return f"try models.{model_name}.dtype: float32"
+
+
+def _check_vocabulary(
+    model_name: str,
+    model: torch.nn.Module,
+    windows: list[np.ndarray],
+    seq_ids: np.ndarray,
+    top_k: int,
+) -> None:
+    """Token ids must index the embedding (else a bare IndexError deep in the forward pass);
+    ``top_k`` above the vocabulary is cut to it, with one warning."""
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    for seq_id, window in zip(seq_ids.tolist(), windows, strict=True):
+        if window.size and int(window.max()) >= vocab:
+            raise TokenizeError(
+                f"model {model_name!r}: window seq_id {seq_id} holds token id "
+                f"{int(window.max())} but the model's vocabulary has {vocab} ids; the tokens "
+                "table was made with another tokenizer: rerun the tokenize rule"
+            )
+    head = model.get_output_embeddings()
+    head_vocab = int(head.weight.shape[0]) if head is not None else vocab
+    if top_k > head_vocab:
+        logger.warning(
+            "extract.top_k = %d is larger than model %r's vocabulary of %d: topk_ids and "
+            "topk_logprobs hold %d entries per row",
+            top_k,
+            model_name,
+            head_vocab,
+            head_vocab,
+        )
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

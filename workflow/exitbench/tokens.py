@@ -162,6 +162,29 @@ def _windows(
     return [[(doc_id, w) for w in windows] for doc_id, windows in groups.items()], n_encoded
 
 
+def _check_ids(
+    chosen: list[tuple[str, list[int]]],
+    tokenizer: Any,
+    vocab_size: int | None,
+    model: str | None,
+    bos: int | None,
+    eos: int | None,
+) -> None:
+    """Every token id indexes the model's embedding (else a bare IndexError at extract)."""
+    if vocab_size is None or not chosen:
+        return
+    top = max(max(window) for _, window in chosen)
+    if top >= vocab_size:
+        doc_id = next(doc for doc, window in chosen if max(window) == top)
+        special = " (its BOS/EOS token)" if top in (bos, eos) else ""
+        raise TokenizeError(
+            f"model {model or '?'!r}: the tokenizer ({len(tokenizer)} tokens) gives token id "
+            f"{top}{special} in document {doc_id!r}, but the model's vocabulary has "
+            f"{vocab_size} ids (0..{vocab_size - 1}); the model folder's tokenizer does not "
+            "belong to its weights: save the matching tokenizer beside the model"
+        )
+
+
 def _round_robin(groups: list[list[Any]], limit: int) -> list[Any]:
     """Items sorted by (index within group, group index), at most ``limit`` of them."""
     chosen, level = [], 0
@@ -183,6 +206,8 @@ def _tokenize(
     add_bos: str = "auto",
     max_positions: int | None = None,
     workload: str | None = None,
+    vocab_size: int | None = None,
+    model: str | None = None,
 ) -> tuple[pa.Table, dict]:
     if mode not in MODES:
         raise TokenizeError(
@@ -217,6 +242,7 @@ def _tokenize(
         None if eos is None else int(eos),
     )
     chosen = _round_robin(groups, max_sequences)
+    _check_ids(chosen, tokenizer, vocab_size, model, bos, eos)
     if not chosen:
         raise TokenizeError(
             f"workload {workload or '?'!r}: no token windows ({len(doc_ids)} documents, "
@@ -259,17 +285,30 @@ def tokenize_documents(
     add_bos: str = "auto",
     max_positions: int | None = None,
     workload: str | None = None,
+    vocab_size: int | None = None,
+    model: str | None = None,
 ) -> pa.Table:
     """Cut documents (columns doc_id, text, optional prompt) into the ``tokens`` table.
 
     Windows hold at most ``seq_len`` ids; see the module docstring for the BOS,
     document/packed and round-robin selection rules. ``max_positions`` is the
     model's longest context (None: unknown, not checked); ``workload`` names
-    the workload in errors. Raises :class:`TokenizeError` when ``seq_len`` >
-    ``max_positions`` or no window results.
+    the workload in errors; ``vocab_size`` the model's vocabulary (None: not
+    checked) and ``model`` its name. Raises :class:`TokenizeError` when
+    ``seq_len`` > ``max_positions``, no window results, or a token id is
+    ``>= vocab_size``.
     """
     table, _ = _tokenize(
-        docs, tokenizer, seq_len, max_sequences, mode, add_bos, max_positions, workload
+        docs,
+        tokenizer,
+        seq_len,
+        max_sequences,
+        mode,
+        add_bos,
+        max_positions,
+        workload,
+        vocab_size,
+        model,
     )
     return table
 
@@ -283,18 +322,30 @@ def tokenize_workload(
     mode: str = "document",
     add_bos: str = "auto",
     max_positions: int | None = None,
+    vocab_size: int | None = None,
+    model: str | None = None,
 ) -> dict:
     """Tokenize the ``workload`` table at ``workload_path`` into ``out_path`` (table ``tokens``).
 
     Returns stats: n_docs (in the workload), n_docs_encoded, n_docs_windowed
     (encoded documents with a window), n_docs_kept (in the output), n_windows,
     n_tokens, and the settings used (seq_len, max_sequences, mode, add_bos,
-    bos_token_id actually prepended or None, eos_token_id).
+    bos_token_id actually prepended or None, eos_token_id). ``vocab_size`` and
+    ``model``: see :func:`tokenize_documents`.
     """
     workload = Path(workload_path).stem
     docs = tables.read_table(workload_path, "workload").to_pandas()
     table, stats = _tokenize(
-        docs, tokenizer, seq_len, max_sequences, mode, add_bos, max_positions, workload
+        docs,
+        tokenizer,
+        seq_len,
+        max_sequences,
+        mode,
+        add_bos,
+        max_positions,
+        workload,
+        vocab_size,
+        model,
     )
     tables.write_table(table, out_path, "tokens")
     log.info(

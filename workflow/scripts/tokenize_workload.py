@@ -14,5 +14,7 @@ stats = tokens.tokenize_workload(
     mode=params.mode,
     add_bos=params.add_bos,
     max_positions=model_info["max_positions"],
+    vocab_size=model_info["vocab_size"],
+    model=name,
 )
 provenance.write_json(stats, snakemake.output.stats)
