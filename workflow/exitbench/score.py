@@ -241,7 +241,7 @@ def study_warnings(
         warnings.append(
             f"{docs.count} document(s): calibration and held-out splits are the same documents, "
             "so held-out numbers are in-sample and their CIs too narrow; use more documents "
-            "(workloads.<name>.max_docs) or a smaller score.calibration_fraction"
+            "(workloads.<name>.max_docs, or a file with one document per text)"
         )
     elif n_held < MIN_CI_DOCUMENTS:
         warnings.append(
