@@ -49,8 +49,9 @@ import pandas as pd
 import pyarrow as pa
 from scipy import stats
 
+from .config import n_lens_shards, resolve_path
 from .logs import job_failure
-from .provenance import package_versions, write_json
+from .provenance import MODEL_FILE_PATTERNS, model_input_files, package_versions, write_json
 from .selection import checkpoint_runs, independent_models, tuned_pairs
 from .tables import load_schema, write_table
 
@@ -683,19 +684,25 @@ def aggregate_files(
     seed: int = 0,
     n_boot: int = 2000,
     log_dir: str | Path | None = None,
+    failures: Mapping[tuple[str, str], str] | None = None,
 ) -> pd.DataFrame:
     """File-to-file entry point of the aggregate rule; returns the summary.
 
     With ``log_dir`` (the workflow's ``results/logs``), a failed pair's error
     names the first failed job's own error line, not just the missing file.
+    ``failures`` (pair -> reason, from :func:`pair_failure`) marks pairs ``failed``
+    whatever their score JSON holds.
     """
+    failures = failures or {}
+    score_jsons = {pair: (None if pair in failures else path) for pair, path in score_jsons.items()}
     summary = build_summary(score_jsons, models, model_infos)
-    if log_dir is not None:
-        for index in summary.index[summary["status"] == "failed"]:
-            model, workload = summary.at[index, "model"], summary.at[index, "workload"]
+    for index in summary.index[summary["status"] == "failed"]:
+        model, workload = summary.at[index, "model"], summary.at[index, "workload"]
+        reason = failures.get((model, workload))
+        if reason is None and log_dir is not None:
             reason = job_failure(Path(log_dir), model, workload)
-            if reason:
-                summary.at[index, "error"] = reason
+        if reason:
+            summary.at[index, "error"] = reason
     write_summary(summary, summary_parquet, summary_csv)
     n_failed = int((summary["status"] == "failed").sum())
     log.info(
@@ -717,6 +724,74 @@ def aggregate_files(
     return summary
 
 
+def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Path]:
+    """Every local file a pair's score outputs derive from, transitively, relative to the
+    working directory: the workload (and its source file), the model description and its
+    local folder's files, the tokens and the lens shards (present or not)."""
+    spec = config["workloads"][workload]
+    paths = [Path(f"results/workloads/{workload}.{ext}") for ext in ("parquet", "json")]
+    if spec.get("source") == "file" and spec.get("path"):
+        paths.append(resolve_path(spec["path"]))
+    paths.append(Path(f"results/models/{model}.json"))
+    folder = config["models"][model].get("path")
+    if folder is not None:
+        files = set()
+        for kind in MODEL_FILE_PATTERNS:
+            files.update(model_input_files(folder, kind))
+        paths += [Path(path) for path in sorted(files)]
+    paths += [Path(f"results/tokens/{model}/{workload}.{ext}") for ext in ("parquet", "json")]
+    paths += [
+        Path(f"results/lens/{model}/{workload}/shard-{shard}.parquet")
+        for shard in range(n_lens_shards(config))
+    ]
+    return paths
+
+
+def pair_failure(
+    config: Mapping[str, Any], model: str, workload: str, log_dir: str | Path = "results/logs"
+) -> str | None:
+    """Why a pair's score outputs on disk are not this run's result, or None if they are
+    (or are absent: :func:`build_summary` reports a missing JSON itself).
+
+    A pair failed when one of its job logs holds an error and was written after its score
+    JSON (:func:`exitbench.logs.job_failure`), or when the JSON is older than one of its
+    inputs (:func:`pair_inputs`) or a lens shard is missing: some upstream job reran or
+    failed in this run and score never ran on its output.
+    """
+    outputs = [Path(f"results/scores/{model}/{workload}.{ext}") for ext in ("json", "parquet")]
+    if not outputs[0].exists():
+        return None
+    written_ns = min(path.stat().st_mtime_ns for path in outputs if path.exists())
+    reason = job_failure(Path(log_dir), model, workload, since_ns=written_ns)
+    if reason is not None:
+        return reason
+    for path in pair_inputs(config, model, workload):
+        if not path.exists():
+            if path.parts[:2] == ("results", "lens"):
+                return (
+                    f"extract: lens shard {path} is missing (its extract job failed or did not run)"
+                )
+            continue
+        if path.stat().st_mtime_ns > written_ns:
+            return (
+                f"score: {outputs[0]} is older than its input {path}: an upstream job reran "
+                "and score did not run after it"
+            )
+    return None
+
+
+def _move_aside_scores(model: str, workload: str) -> None:
+    """Move a failed pair's stale score outputs to ``results/stale/scores/``, so that no
+    reader takes them for this run's result (the next run recomputes them anyway)."""
+    for ext in ("json", "parquet"):
+        path = Path(f"results/scores/{model}/{workload}.{ext}")
+        if path.exists():
+            target = Path("results/stale") / path.relative_to("results")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
+            log.warning("%s is stale (its pair failed in this run): moved to %s", path, target)
+
+
 def write_failure_summary(config: Mapping[str, Any]) -> None:
     """After a failed run (say, ``--keep-going`` with a gated model), still write
     ``results/summary.*`` and ``results/statistics.*`` in the working directory:
@@ -728,6 +803,13 @@ def write_failure_summary(config: Mapping[str, Any]) -> None:
     """
     try:
         models, workloads = list(config["models"]), list(config["workloads"])
+        failures = {}
+        for model in models:
+            for workload in workloads:
+                reason = pair_failure(config, model, workload)
+                if reason is not None:
+                    failures[model, workload] = reason
+                    _move_aside_scores(model, workload)
         infos = {m: Path(f"results/models/{m}.json") for m in models}
         summary = aggregate_files(
             {(m, w): f"results/scores/{m}/{w}.json" for m in models for w in workloads},
@@ -739,6 +821,7 @@ def write_failure_summary(config: Mapping[str, Any]) -> None:
             statistics_json="results/statistics.json",
             seed=config["seed"],
             log_dir="results/logs",
+            failures=failures,
         )
     except Exception as err:  # the run has failed anyway: never mask that
         log.warning("could not write a partial summary: %s", err)

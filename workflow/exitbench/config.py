@@ -11,6 +11,7 @@ entries, the held-out workloads' ``heldout_fraction``; :mod:`exitbench.zoo.plan`
 from __future__ import annotations
 
 import copy
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,65 @@ def resolve_path(path: str | Path, workdir: Path | None = None) -> Path:
         return path
     local = (workdir or Path.cwd()) / path
     return local if local.exists() else WORKFLOW_ROOT / path
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(
+                f"{key_node.start_mark.name}: key {key!r} is given twice in one mapping "
+                f"(lines {seen[key]} and {line}); YAML would silently keep only the last "
+                "one: delete or rename one of them"
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def load_yaml_strict(path: str | Path) -> Any:
+    """The YAML file ``path``, raising :class:`ConfigError` on a duplicate key (naming it
+    and both lines) where ``yaml.safe_load`` would keep the last value without a word."""
+    with open(path, encoding="utf-8") as handle:
+        return yaml.load(handle, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def check_config_files(paths: list[str | Path]) -> None:
+    """Re-read the study's config files (Snakemake's ``--configfile``) strictly: Snakemake's
+    own loader has already merged them, silently keeping the last of a duplicated key."""
+    for path in paths:
+        if str(path).endswith((".yaml", ".yml")) and Path(path).is_file():
+            load_yaml_strict(path)
+
+
+def check_writable(directory: str | Path) -> None:
+    """Raise :class:`ConfigError` unless ``directory`` (``results``) can be created and
+    written, once before any job starts, instead of a Snakemake traceback mid-run."""
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    target = directory if directory.exists() else existing
+    probe = target / f".exitbench-write-check-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"directory {target.resolve()} is not writable ({err.strerror}): the workflow writes "
+            f"its outputs under {directory}/; make it writable (chmod u+w) or run in another "
+            "working directory (--directory)"
+        ) from err
+
+
+def n_lens_shards(config: dict[str, Any]) -> int:
+    """Lens shards per (model, workload) pair: ceil(max_sequences / shard_sequences)."""
+    return -(-config["tokenize"]["max_sequences"] // config["extract"]["shard_sequences"])

@@ -32,12 +32,16 @@ def setup(log_path: str | Path | None = None, level: int = logging.INFO) -> logg
     return logging.getLogger("exitbench")
 
 
-def job_failure(log_dir: Path, model: str, workload: str) -> str | None:
+def job_failure(
+    log_dir: Path, model: str, workload: str, since_ns: int | None = None
+) -> str | None:
     """The first error line in a pair's job logs, stage by stage (describe_model,
     tokenize, extract shards, score), as ``"<stage>: <message>"``, or None.
 
     Reads lines written with :data:`FORMAT` (``<time> ERROR <logger>: <message>``)
-    under ``log_dir`` (the workflow's ``results/logs``, one folder per rule).
+    under ``log_dir`` (the workflow's ``results/logs``, one folder per rule). With
+    ``since_ns`` (a modification time in ns, say the pair's score JSON's), only logs
+    written after it count: an older error was overcome by the run that wrote the JSON.
     """
     candidates = [
         log_dir / "describe_model" / f"{model}.log",
@@ -47,6 +51,8 @@ def job_failure(log_dir: Path, model: str, workload: str) -> str | None:
     ]
     for path in candidates:
         if not path.is_file():
+            continue
+        if since_ns is not None and path.stat().st_mtime_ns <= since_ns:
             continue
         for line in path.read_text(errors="replace").splitlines():
             if " ERROR " in line:

@@ -62,3 +62,35 @@ def write_json(obj: Any, path: str | os.PathLike, digits: int = 10) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+#: What each use of a local model folder (a ``save_pretrained`` folder) reads, as glob
+#: patterns: the rules depend on these files, so editing one reruns what reads it.
+MODEL_FILE_PATTERNS = {
+    "config": ("config.json",),
+    "tokenizer": (
+        "config.json",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.*",
+        "merges.txt",
+        "*.model",
+        "*.tiktoken",
+    ),
+    "weights": (
+        "config.json",
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "pytorch_model*.bin",
+        "pytorch_model*.bin.index.json",
+    ),
+}
+
+
+def model_input_files(folder: str | os.PathLike, kind: str) -> list[str]:
+    """The files of the model folder ``folder`` that ``kind`` (a key of
+    :data:`MODEL_FILE_PATTERNS`) reads, sorted; only those that exist."""
+    folder = Path(folder)
+    found = {path for pattern in MODEL_FILE_PATTERNS[kind] for path in folder.glob(pattern)}
+    return sorted(str(path) for path in found if path.is_file())
