@@ -24,6 +24,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/unknown_target.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -1,13 +1,23 @@
 # Config validation and input functions shared by every stage.
-import math
+import os
 import re
 from pathlib import Path
 
-from exitbench.config import ConfigError, resolve_path, validate_config
+from exitbench.config import (
+    ConfigError,
+    check_config_files,
+    check_writable,
+    n_lens_shards,
+    resolve_path,
+    validate_config,
+)
+from exitbench.provenance import model_input_files
 from exitbench.registry import fill_metadata, load_registry
 from exitbench.resources import extract_resources
 from exitbench.zoo import zoo_run_dir
 
+# Snakemake's YAML loader keeps the last of a key given twice: re-read them strictly
+check_config_files(workflow.configfiles)
 config.update(validate_config(config))
 config["models"] = fill_metadata(
     config["models"], load_registry(resolve_path(config["registry"]))
@@ -16,9 +26,7 @@ config["models"] = fill_metadata(
 MODELS = list(config["models"])
 WORKLOADS = list(config["workloads"])
 PAIRS = [(model, workload) for model in MODELS for workload in WORKLOADS]
-N_SHARDS = math.ceil(
-    config["tokenize"]["max_sequences"] / config["extract"]["shard_sequences"]
-)
+N_SHARDS = n_lens_shards(config)
 FIGURES = [
     "agreement_curves",
     "release_trend",
@@ -59,10 +67,62 @@ for _name in MODELS:
     model_local_input(_name)
 
 
-def model_inputs(wildcards):
-    """Inputs that make a model loadable: its local folder, if it has one."""
-    local = model_local_input(wildcards.model)
-    return [local] if local else []
+def model_files(kind):
+    """Input function: the files of a model's local folder that ``kind`` reads
+    (``config``, ``tokenizer`` or ``weights``; exitbench.provenance.MODEL_FILE_PATTERNS),
+    so that editing one in place reruns what reads it. A zoo model depends on its run's
+    directory (the zoo_train output); a hub model on nothing local (its params key it).
+    """
+
+    def get(wildcards):
+        local = model_local_input(wildcards.model)
+        if local is None:
+            return []
+        if zoo_run_dir(local) is not None:
+            return [local]
+        return model_input_files(local, kind)
+
+    return get
+
+
+def workload_file(wildcards):
+    """A ``file`` workload's file, so that editing it in place rebuilds the workload."""
+    spec = config["workloads"][wildcards.workload]
+    if spec["source"] != "file":
+        return []
+    # as written where it exists (a relative path stays relative: a copied study is the same)
+    path = (
+        Path(spec["path"])
+        if Path(spec["path"]).is_file()
+        else resolve_path(spec["path"])
+    )
+    if not path.is_file():
+        raise ConfigError(
+            f"config key 'workloads.{wildcards.workload}.path': file {spec['path']!r} does "
+            "not exist (expected a .txt, .jsonl or .parquet file, relative to the working "
+            "directory or the workflow)"
+        )
+    return [str(path)]
+
+
+def unknown_name(wildcards):
+    """Input function of unknown_target.smk: raise, naming the known models and workloads."""
+    parts = wildcards.name.split("/")
+    model = parts[0]
+    workload = re.sub(r"\.(parquet|json)$", "", parts[1]) if len(parts) > 1 else ""
+    section, name = (
+        ("models", model) if model not in MODELS else ("workloads", workload)
+    )
+    raise ConfigError(
+        f"target results/{wildcards.stage}/{wildcards.name}: {name!r} is not a key of the "
+        f"config's {section}: section (known models: {', '.join(MODELS)}; known workloads: "
+        f"{', '.join(WORKLOADS)})"
+    )
+
+
+# a read-only results/ fails here, naming it, not in a Snakemake traceback mid-run
+if not workflow.dryrun:
+    check_writable("results")
 
 
 def model_source(wildcards):

@@ -3,7 +3,7 @@
 
 rule describe_model:
     input:
-        model_inputs,
+        model_files("config"),
     output:
         "results/models/{model}.json",
     log:

@@ -3,14 +3,13 @@ rule extract:
     input:
         tokens="results/tokens/{model}/{workload}.parquet",
         model_info="results/models/{model}.json",
-        weights=model_inputs,
+        weights=model_files("weights"),
     output:
         "results/lens/{model}/{workload}/shard-{shard}.parquet",
     log:
         "results/logs/extract/{model}/{workload}/shard-{shard}.log",
     benchmark:
         "results/benchmarks/extract/{model}/{workload}/shard-{shard}.tsv"
-    retries: 2
     conda:
         "../../envs/exitbench.yaml"
     threads: 2

@@ -17,11 +17,16 @@ rule score:
     conda:
         "../../envs/exitbench.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=30,
+    # the score settings by name: every one changes the numbers
     params:
         source=model_source,
-        score=config["score"],
+        bootstrap=config["score"]["bootstrap"],
+        calibration_fraction=config["score"]["calibration_fraction"],
+        consistency_targets=config["score"]["consistency_targets"],
+        thresholds=config["score"]["thresholds"],
+        patience=config["score"]["patience"],
         seq_len=config["tokenize"]["seq_len"],
         seed=config["seed"],
     script:

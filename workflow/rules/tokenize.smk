@@ -5,7 +5,7 @@ rule tokenize:
     input:
         workload="results/workloads/{workload}.parquet",
         model_info="results/models/{model}.json",
-        weights=model_inputs,
+        tokenizer=model_files("tokenizer"),
     output:
         table="results/tokens/{model}/{workload}.parquet",
         stats="results/tokens/{model}/{workload}.json",

@@ -2,6 +2,8 @@
 
 
 rule workload:
+    input:
+        workload_file,
     output:
         table="results/workloads/{workload}.parquet",
         provenance="results/workloads/{workload}.json",

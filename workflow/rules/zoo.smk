@@ -66,7 +66,6 @@ rule zoo_train:
     wildcard_constraints:
         run="|".join(map(re.escape, ZOO["runs"])) or "(?!x)x",
     priority: lambda wildcards: ZOO_PRIORITY[wildcards.run]
-    retries: 1
     conda:
         "../../envs/exitbench.yaml"
     threads: 1

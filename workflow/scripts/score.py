@@ -2,6 +2,9 @@
 
 from exitbench import logs, provenance, score
 
+# the config's score: settings, passed one by one as params (each changes the numbers)
+SETTINGS = ("bootstrap", "calibration_fraction", "consistency_targets", "thresholds", "patience")
+
 logs.setup(snakemake.log[0])
 workload_info = provenance.read_json(snakemake.input.workload)
 score.score_files(
@@ -12,7 +15,7 @@ score.score_files(
     json_path=snakemake.output.headline,
     # max_sequences only reports how many windows were asked for: read, not a rerun trigger
     params={
-        **snakemake.params.score,
+        **{key: getattr(snakemake.params, key) for key in SETTINGS},
         "seq_len": snakemake.params.seq_len,
         "max_sequences": snakemake.config["tokenize"]["max_sequences"],
     },
