@@ -126,7 +126,7 @@ def test_corrupt_weights_fail_only_that_model(tiny_model_dirs, tmp_path):
     broken = _corrupt_copy(tiny_model_dirs["gpt2"], tmp_path / "broken-gpt2")
     model_dirs = {"tiny-llama": tiny_model_dirs["llama"], "tiny-broken": broken}
     workdir = tmp_path / "keep-going"
-    # one shard per model: the broken model's extract job fails 3 times (retries: 2)
+    # one shard per model: the broken model's extract job fails once (no local retries)
     harness.write_study(
         workdir, model_dirs, tokenize={"max_sequences": 4}, extract={"shard_sequences": 4}
     )
