@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_configs import CASES, VOCAB  # tests/tiny_configs.py (tests/ is on sys.path)
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+from transformers import AutoModelForCausalLM, FalconConfig, GPT2Config, LlamaConfig
 
 from exitbench import flops
 from exitbench.architectures import (
@@ -103,8 +103,12 @@ def test_parameter_counts_equal_the_built_models(name) -> None:
             attention_bias=True, mlp_bias=True, tie_word_embeddings=True, vocab_size=VOCAB,
         ),
         GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=48, n_inner=40, vocab_size=VOCAB),
+        FalconConfig(
+            hidden_size=32, ffn_hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+            multi_query=False, bias=True, tie_word_embeddings=False, vocab_size=VOCAB,
+        ),
     ],
-    ids=["llama-biases-tied", "gpt2-n_inner"],
+    ids=["llama-biases-tied", "gpt2-n_inner", "falcon-biases-multihead-untied"],
 )  # fmt: skip
 def test_parameter_counts_follow_config_switches(config) -> None:
     """Config switches beyond the tiny cases: biases turned on, tied head, explicit n_inner."""
@@ -112,6 +116,18 @@ def test_parameter_counts_follow_config_switches(config) -> None:
         model = AutoModelForCausalLM.from_config(config)
     total, active = flops.parameter_counts(config.to_dict())
     assert total == active == sum(parameter.numel() for parameter in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [({"new_decoder_architecture": True, "num_kv_heads": 2}, "new_decoder_architecture"),
+     ({"parallel_attn": False}, "parallel_attn")],
+)  # fmt: skip
+def test_a_layout_the_entry_does_not_describe_is_refused(changes, key) -> None:
+    """Falcon-40B/180B's layout would get Falcon-7B's counts: refused, naming the config key."""
+    config = CASES["falcon"]().to_dict() | changes
+    with pytest.raises(UnsupportedArchitecture, match=f"'falcon' with {key}="):
+        flops.parameter_counts(config)
 
 
 def test_unsupported_type_names_it_and_lists_supported() -> None:

@@ -44,6 +44,8 @@ def _softcapped(logits: torch.Tensor, cap: float) -> torch.Tensor:
 HAND: dict[str, Callable[..., torch.Tensor]] = {
     "gpt2": lambda m, hs, layer: m.lm_head(m.transformer.ln_f(hs[layer])),
     "gpt_neox": lambda m, hs, layer: m.lm_head(m.gpt_neox.final_layer_norm(hs[layer])),
+    "gptj": lambda m, hs, layer: m.lm_head(m.transformer.ln_f(hs[layer])),  # lm_head has a bias
+    "falcon": lambda m, hs, layer: m.lm_head(m.transformer.ln_f(hs[layer])),
     "opt": lambda m, hs, layer: m.lm_head(m.model.decoder.final_layer_norm(hs[layer])),
     "opt-350m": lambda m, hs, layer: m.lm_head(m.model.decoder.project_out(hs[layer])),
     "phi": lambda m, hs, layer: m.lm_head(m.model.final_layernorm(hs[layer])),  # lm_head has a bias

@@ -13,12 +13,14 @@ from transformers import (
     CohereConfig,
     DeepseekV2Config,
     DeepseekV3Config,
+    FalconConfig,
     FalconMambaConfig,
     Gemma2Config,
     Gemma3Config,
     Gemma3TextConfig,
     GemmaConfig,
     GPT2Config,
+    GPTJConfig,
     GPTNeoXConfig,
     GraniteConfig,
     GraniteMoeConfig,
@@ -66,6 +68,16 @@ CASES: dict[str, Callable[[], PretrainedConfig]] = {
     "gpt_neox": lambda: GPTNeoXConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
         max_position_embeddings=64, rotary_pct=0.25, **COMMON,
+    ),
+    # GPT-J: parallel attention and MLP under one LayerNorm, LM head with a bias, untied.
+    "gptj": lambda: GPTJConfig(
+        n_embd=32, n_layer=3, n_head=4, n_positions=64, rotary_dim=4, **COMMON
+    ),
+    # Falcon-7B's layout: parallel attention, multi-query (one key/value head), no biases, tied.
+    "falcon": lambda: FalconConfig(
+        hidden_size=32, ffn_hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=64, multi_query=True, parallel_attn=True, bias=False,
+        new_decoder_architecture=False, alibi=False, **COMMON,
     ),
     "opt": lambda: OPTConfig(
         hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4,

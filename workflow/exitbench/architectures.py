@@ -29,6 +29,7 @@ __all__ = [
     "PostHead",
     "QKNorm",
     "UnsupportedArchitecture",
+    "check_layout",
     "check_supported",
     "config_value",
     "decoder_blocks",
@@ -114,6 +115,11 @@ class Architecture:
     - ``final_norm_switch``: a config key that must be true for the final norm to exist.
     - ``vision_tower``: a vision encoder counted in the parameters (its FLOPs are
       not per text token).
+    - ``single_kv_head``: a config key that, when true, gives attention one
+      key/value head whatever the head counts say (Falcon-7B's multi-query).
+    - ``other_layout``: ``(config key, value)`` pairs under which a model of this
+      type has a layout the other facts do not describe (:func:`check_layout`
+      refuses it).
     """
 
     backbone: str
@@ -135,6 +141,8 @@ class Architecture:
     mlp_bias: bool | str = "mlp_bias"
     final_norm_switch: str | None = None
     vision_tower: Literal["siglip"] | None = None
+    single_kv_head: str | None = None
+    other_layout: tuple[tuple[str, bool], ...] = ()
 
 
 _SOFTCAP = PostHead("softcap", "final_logit_softcapping")
@@ -178,6 +186,21 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture(
         backbone="gpt_neox", final_norm="gpt_neox.final_layer_norm", blocks="gpt_neox.layers",
         gated_mlp=False, norm="weight_bias", mlp_bias=True,
+    ),
+    # GPT-J: parallel attention and MLP under one LayerNorm, rotary positions, LM head with bias.
+    "gptj": Architecture(
+        backbone="transformer", final_norm="transformer.ln_f", blocks="transformer.h",
+        gated_mlp=False, head_bias=True, norm="weight_bias", norms_per_layer=1,
+        attention_bias=False, mlp_bias=True,
+    ),
+    # Falcon-7B (RefinedWeb layout): parallel attention and MLP under one LayerNorm, multi-query
+    # attention (one key/value head), biases only where `bias` is set. Falcon-40B/180B's
+    # new_decoder_architecture (two norms, grouped key/value heads) is another layout.
+    "falcon": Architecture(
+        backbone="transformer", final_norm="transformer.ln_f", blocks="transformer.h",
+        gated_mlp=False, norm="weight_bias", norms_per_layer=1, attention_bias="bias",
+        mlp_bias="bias", single_kv_head="multi_query",
+        other_layout=(("new_decoder_architecture", True), ("parallel_attn", False)),
     ),
     # OPT-350m: post-LN (final_layer_norm is None) and project_out 1024 -> 512 before the head;
     # its hidden_states[-1] is the projected 512-d state.
@@ -248,6 +271,27 @@ def check_supported(model_type: str) -> Architecture:
     return architecture
 
 
+def check_layout(config: Any) -> Architecture:
+    """The table entry of ``config``'s model_type, refusing a layout its facts do not describe.
+
+    Raises :class:`UnsupportedArchitecture` naming the config key when the
+    config sets one of the entry's ``other_layout`` values (Falcon-40B's
+    ``new_decoder_architecture``).
+    """
+    text = text_config(config)
+    outer_type = config.get("model_type") if isinstance(config, Mapping) else config.model_type
+    architecture = check_supported(outer_type)
+    for key, value in architecture.other_layout:
+        found = text.get(key) if isinstance(text, Mapping) else getattr(text, key, None)
+        if found is not None and bool(found) == value:
+            raise UnsupportedArchitecture(
+                f"model_type {outer_type!r} with {key}={found!r} has a layout that the "
+                f"exitbench.architectures.ARCHITECTURES entry for {outer_type!r} does not describe "
+                "(its parameter and FLOP counts would be wrong); add an entry for that layout"
+            )
+    return architecture
+
+
 # ---------------------------------------------------------------- config keys
 
 #: fact -> the config keys that hold it, first match wins (GPT-2 and OPT name things their way).
@@ -256,7 +300,7 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "num_layers": ("num_hidden_layers", "n_layer"),
     "num_heads": ("num_attention_heads", "n_head"),
     "num_kv_heads": ("num_key_value_heads",),
-    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size"),
     "num_experts": ("num_local_experts", "num_experts", "n_routed_experts"),
     "experts_per_token": ("num_experts_per_tok",),
     "expert_size": ("moe_intermediate_size", "intermediate_size"),

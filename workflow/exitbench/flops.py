@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from exitbench.architectures import Architecture, check_supported, config_value, text_config
+from exitbench.architectures import Architecture, check_layout, config_value, text_config
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Config:
         self.outer = dict(config)
         self.raw = dict(text_config(self.outer))
         self.model_type = str(self.raw.get("model_type", "?"))
-        self.architecture: Architecture = check_supported(self.outer.get("model_type"))
+        self.architecture: Architecture = check_layout(self.outer)
 
     def fact(self, name: str, default: Any = ...) -> Any:
         """A fact of :data:`exitbench.architectures.CONFIG_KEYS` (``hidden_size``, ...)."""
@@ -284,6 +284,9 @@ def _layer_types(cfg: _Config) -> list[str] | None:
 def _attention_geometry(cfg: _Config, d: int) -> tuple[int, int, int]:
     heads = int(cfg.fact("num_heads"))
     kv_heads = int(cfg.fact("num_kv_heads", default=heads))
+    single = cfg.architecture.single_kv_head
+    if single is not None and cfg.switch(single):
+        kv_heads = 1  # multi-query attention: one key/value head shared by all query heads
     head_dim = int(cfg.get("head_dim", default=d // heads))
     return heads, kv_heads, head_dim
 
