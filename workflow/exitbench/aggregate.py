@@ -49,7 +49,7 @@ import pandas as pd
 import pyarrow as pa
 from scipy import stats
 
-from .config import n_lens_shards, resolve_path
+from .config import resolve_path
 from .logs import job_failure
 from .provenance import MODEL_FILE_PATTERNS, model_input_files, package_versions, write_json
 from .selection import checkpoint_runs, independent_models, tuned_pairs
@@ -727,7 +727,7 @@ def aggregate_files(
 def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Path]:
     """Every local file a pair's score outputs derive from, transitively, relative to the
     working directory: the workload (and its source file), the model description and its
-    local folder's files, the tokens and the lens shards (present or not)."""
+    local folder's files, the tokens and the lens shards on disk."""
     spec = config["workloads"][workload]
     paths = [Path(f"results/workloads/{workload}.{ext}") for ext in ("parquet", "json")]
     if spec.get("source") == "file" and spec.get("path"):
@@ -740,10 +740,8 @@ def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Pa
             files.update(model_input_files(folder, kind))
         paths += [Path(path) for path in sorted(files)]
     paths += [Path(f"results/tokens/{model}/{workload}.{ext}") for ext in ("parquet", "json")]
-    paths += [
-        Path(f"results/lens/{model}/{workload}/shard-{shard}.parquet")
-        for shard in range(n_lens_shards(config))
-    ]
+    # the shards on disk: lens shards deleted to save space after scoring are no failure
+    paths += sorted(Path(f"results/lens/{model}/{workload}").glob("shard-*.parquet"))
     return paths
 
 
@@ -755,8 +753,8 @@ def pair_failure(
 
     A pair failed when one of its job logs holds an error and was written after its score
     JSON (:func:`exitbench.logs.job_failure`), or when the JSON is older than one of its
-    inputs (:func:`pair_inputs`) or a lens shard is missing: some upstream job reran or
-    failed in this run and score never ran on its output.
+    inputs (:func:`pair_inputs`): some upstream job reran in this run and score never ran
+    on its output.
     """
     outputs = [Path(f"results/scores/{model}/{workload}.{ext}") for ext in ("json", "parquet")]
     if not outputs[0].exists():
@@ -766,13 +764,7 @@ def pair_failure(
     if reason is not None:
         return reason
     for path in pair_inputs(config, model, workload):
-        if not path.exists():
-            if path.parts[:2] == ("results", "lens"):
-                return (
-                    f"extract: lens shard {path} is missing (its extract job failed or did not run)"
-                )
-            continue
-        if path.stat().st_mtime_ns > written_ns:
+        if path.exists() and path.stat().st_mtime_ns > written_ns:
             return (
                 f"score: {outputs[0]} is older than its input {path}: an upstream job reran "
                 "and score did not run after it"
