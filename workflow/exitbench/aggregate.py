@@ -12,7 +12,9 @@ lists the models that failed.
 
 * ``release_trend``: OLS slope of the metric per year of release date,
   y = a + b * release_year, with the t-based 95% CI b +- t_{0.975, n-2} * se(b),
-  and Spearman's rho with its p-value; over all models and within each family.
+  and Spearman's rho with its p-value; over all models, within each family and
+  within each size band (``size_band``: <3B, 3-20B, >20B active parameters), so
+  that a generation trend is not read off a change of size.
 * ``params_trend``: the same against log10(total_params) (slope per decade).
 * ``class_mean`` / ``class_difference``: mean of the metric per architecture
   class (dense, moe, ssm, hybrid) with a 95% percentile bootstrap CI over
@@ -21,6 +23,9 @@ lists the models that failed.
 * ``base_vs_tuned_pair`` / ``base_vs_tuned``: d = tuned - base for each tuned
   model whose ``base_model`` is in the study, and the mean paired difference
   with its t-based CI (mean +- t_{0.975, n-1} * sd / sqrt(n)) and paired t-test.
+* ``control_vs_base_pair`` / ``control_vs_base``: the same for d = control - base,
+  each positive control (``control: true``, trained for early exit) against its
+  ``base_model``; controls enter no other cross-model analysis.
 * ``checkpoint_trend``: per training run (``checkpoint_of``), slope of the
   metric per log10(1 + training_step) and Spearman's rho.
 
@@ -52,7 +57,14 @@ from scipy import stats
 from .config import resolve_path
 from .logs import job_failure
 from .provenance import MODEL_FILE_PATTERNS, model_input_files, package_versions, write_json
-from .selection import checkpoint_runs, independent_models, tuned_pairs
+from .selection import (
+    SIZE_BANDS,
+    checkpoint_runs,
+    control_pairs,
+    independent_models,
+    size_band,
+    tuned_pairs,
+)
 from .tables import load_schema, write_table
 
 log = logging.getLogger(__name__)
@@ -112,6 +124,7 @@ METADATA_KEYS: tuple[str, ...] = (
     "training_step",
     "checkpoint_of",
     "gated",
+    "control",
     "hf_id",
     "path",
     "revision",
@@ -263,6 +276,7 @@ def build_summary(
         for key in METADATA_KEYS:
             row[key] = _known(entry.get(key))
         row["release_year"] = decimal_year(row["release"])
+        row["size_band"] = size_band(row["total_params"], row["active_params"])
         for key in _INFO_KEYS:
             row[key] = _known(info.get(key)) or None
         data = data or {}
@@ -406,6 +420,7 @@ def _trend_rows(
     x_values: pd.Series,
     unit: str,
     by_family: bool,
+    by_size_band: bool = False,
 ) -> list[dict[str, Any]]:
     method = (
         "OLS slope, t-based 95% CI; Spearman rho (two-sided p); one point per independent model"
@@ -415,6 +430,9 @@ def _trend_rows(
     if by_family:
         families = sorted(set(rows["family"].dropna()))
         groups += [(f"family={f}", valid[valid["family"] == f]) for f in families]
+    if by_size_band:
+        bands = [band for band, _ in SIZE_BANDS if (rows["size_band"] == band).any()]
+        groups += [(f"size_band={b}", valid[valid["size_band"] == b]) for b in bands]
     out = []
     for group, part in groups:
         result = linear_trend(x_values[part.index], part[metric])
@@ -510,21 +528,31 @@ def _class_rows(
     return out
 
 
-def _paired_rows(workload: str, metric: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+#: analysis -> (pairs among the rows, x column, what d is, pair name): the paired comparisons.
+_PAIRINGS = {
+    "base_vs_tuned": (tuned_pairs, "tuning", "tuned - base", "base/tuned"),
+    "control_vs_base": (control_pairs, "control", "control - base", "control/base"),
+}
+
+
+def _paired_rows(
+    workload: str, metric: str, rows: pd.DataFrame, analysis: str = "base_vs_tuned"
+) -> list[dict[str, Any]]:
+    find_pairs, x, difference, pair_name = _PAIRINGS[analysis]
     by_model = rows.set_index("model")
     diffs, used, out = [], [], []
     pair_method = (
-        "tuned - base; CI combines the two bootstrap CIs as if independent "
+        f"{difference}; CI combines the two bootstrap CIs as if independent "
         "(conservative when both share documents)"
     )
-    for tuned, base in tuned_pairs(rows):
+    for tuned, base in find_pairs(rows):
         t, b = by_model.loc[tuned], by_model.loc[base]
         row = _row(
-            analysis="base_vs_tuned_pair",
+            analysis=f"{analysis}_pair",
             workload=workload,
             metric=metric,
             group=f"{tuned} - {base}",
-            x="tuning",
+            x=x,
             unit="metric",
             n=1,
             method=pair_method,
@@ -549,14 +577,14 @@ def _paired_rows(workload: str, metric: str, rows: pd.DataFrame) -> list[dict[st
         out.append(row)
     d = np.asarray(diffs, dtype=np.float64)
     row = _row(
-        analysis="base_vs_tuned",
+        analysis=analysis,
         workload=workload,
         metric=metric,
         group="all",
-        x="tuning",
+        x=x,
         unit="metric",
         n=int(d.size),
-        method="mean of paired differences tuned - base, t-based 95% CI; paired t-test p",
+        method=f"mean of paired differences {difference}, t-based 95% CI; paired t-test p",
         models=_models_text(used),
     )
     if d.size:
@@ -568,7 +596,7 @@ def _paired_rows(workload: str, metric: str, rows: pd.DataFrame) -> list[dict[st
         if sd > 0:
             row["p_value"] = float(stats.ttest_1samp(d, 0.0).pvalue)
     else:
-        row["note"] = f"n={d.size} base/tuned pairs: CI needs >= 2"
+        row["note"] = f"n={d.size} {pair_name} pairs: CI needs >= 2"
     out.append(row)
     return out
 
@@ -626,6 +654,7 @@ def claim_statistics(
                 independent["release_year"],
                 "per year",
                 by_family=True,
+                by_size_band=True,
             )
             out += _trend_rows(
                 "params_trend",
@@ -639,6 +668,7 @@ def claim_statistics(
             )
             out += _class_rows(workload, metric, independent, n_boot, seed)
             out += _paired_rows(workload, metric, rows[rows["status"] == "ok"])
+            out += _paired_rows(workload, metric, rows[rows["status"] == "ok"], "control_vs_base")
             out += _checkpoint_rows(workload, metric, rows)
     frame = pd.DataFrame(out, columns=list(STATISTICS_COLUMNS))
     frame["n"] = frame["n"].astype("Int64")

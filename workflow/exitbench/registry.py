@@ -2,8 +2,10 @@
 
 ``data/registry.csv`` holds one row per Hugging Face hub model (``hf_id``) with
 its family, generation, release date, architecture class (dense, moe, ssm,
-hybrid), parameter counts, config facts, tuning (base or tuned, with the base's
-hub id), gating, how its training checkpoints are named, and the sources of
+hybrid), parameter counts (the text model, a tied head counted once; a
+multimodal checkpoint's full count apart), config facts, tuning (base or tuned,
+with the base's hub id), whether it is a positive control (trained for early
+exit), gating, how its training checkpoints are named, and the sources of
 these facts. ``data/registry.schema.yaml`` declares each column.
 
 :func:`load_registry` reads and validates it: every row needs a release date,
@@ -50,6 +52,7 @@ METADATA_KEYS = (
     "total_params",
     "active_params",
     "tuning",
+    "control",
     "gated",
 )
 UNVERIFIED_MARK = "?"
@@ -119,8 +122,9 @@ def load_registry(path: str | Path) -> pd.DataFrame:
     naming the file, row and ``hf_id`` when a row lacks a required field
     (hf_id, family, generation, release, arch, total_params, source_card,
     source_release), has an unknown column, holds ``?``, a malformed value, a
-    duplicate ``hf_id``, an ``active_params`` above ``total_params``, or a
-    ``base_hf_id`` that is not itself a row of the registry.
+    duplicate ``hf_id``, an ``active_params`` above ``total_params``, a
+    ``base_hf_id`` that is not itself a row of the registry, or a ``control``
+    without a ``base_hf_id``.
     """
     path = Path(path)
     if not path.is_file():
@@ -182,8 +186,15 @@ def load_registry(path: str | Path) -> pd.DataFrame:
         where = f"registry {path} line {number} (hf_id {record['hf_id']!r})"
         if base is not None and base.lower() not in seen:
             raise RegistryError(f"{where}: base_hf_id {base!r} is not a row of the registry")
-        if base is not None and record.get("tuning") != "tuned":
-            raise RegistryError(f"{where}: base_hf_id is set, so tuning must be 'tuned'")
+        if base is not None and record.get("tuning") != "tuned" and not record.get("control"):
+            raise RegistryError(
+                f"{where}: base_hf_id is set, so tuning must be 'tuned' (or control true)"
+            )
+        if record.get("control") and base is None:
+            raise RegistryError(
+                f"{where}: control is true but base_hf_id is empty; a positive control is "
+                "compared with the base it was trained from: set base_hf_id"
+            )
 
     frame = pd.DataFrame.from_records(records, columns=list(raw.columns))
     for column in frame.columns:

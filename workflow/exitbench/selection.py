@@ -13,22 +13,37 @@ Every function takes rows of the study summary for one workload (schema
   the study (:func:`tuned_pairs`).
 * **Curve models** (per-layer curves, trade-off sweeps): every model except
   intermediate checkpoints (:func:`curve_models`).
+* A **control** is a model with ``control: true`` (trained for early exit,
+  e.g. LayerSkip): a control pair is a control whose ``base_model`` is in the
+  study (:func:`control_pairs`).
 * **Independent models** (trends, class comparisons): curve models, less the
-  tuned models of tuned pairs, which enter the paired comparison instead
+  tuned models of tuned pairs, which enter the paired comparison instead, and
+  less every control, which only enters its control pair
   (:func:`independent_models`).
+* A **size band** groups models by active parameters (total parameters where
+  no active count is known): ``<3B``, ``3-20B``, ``>20B``
+  (:func:`size_band`), so that a generation trend can be read within sizes.
 """
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 __all__ = [
+    "SIZE_BANDS",
     "checkpoint_runs",
+    "control_pairs",
     "curve_models",
     "independent_models",
     "intermediate_checkpoints",
+    "size_band",
     "tuned_pairs",
 ]
+
+#: Size bands by active parameters: (label, upper bound exclusive), smallest first.
+SIZE_BANDS: tuple[tuple[str, float], ...] = (("<3B", 3e9), ("3-20B", 2e10), (">20B", math.inf))
 
 
 def _ok(rows: pd.DataFrame) -> pd.DataFrame:
@@ -76,6 +91,29 @@ def tuned_pairs(rows: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(zip(tuned["model"], tuned["base_model"], strict=True))
 
 
+def _is_control(ok: pd.DataFrame) -> pd.Series:
+    if "control" not in ok.columns:
+        return pd.Series(False, index=ok.index)
+    return ok["control"].astype("boolean").fillna(False).astype(bool)
+
+
+def control_pairs(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(control, base)`` model pairs among the ok rows: controls whose ``base_model`` is
+    in the study, sorted."""
+    ok = _ok(rows)
+    controls = ok[_is_control(ok) & ok["base_model"].isin(set(ok["model"]))]
+    return sorted(zip(controls["model"], controls["base_model"], strict=True))
+
+
+def size_band(total_params: float | None, active_params: float | None = None) -> str | None:
+    """The :data:`SIZE_BANDS` label of a model's active parameters (total where active is
+    unknown); None when neither is known."""
+    params = total_params if pd.isna(active_params) else active_params
+    if pd.isna(params):
+        return None
+    return next(label for label, upper in SIZE_BANDS if params < upper)
+
+
 def curve_models(rows: pd.DataFrame) -> pd.DataFrame:
     """The ok rows drawn as curves: all but intermediate checkpoints."""
     ok = _ok(rows)
@@ -84,6 +122,8 @@ def curve_models(rows: pd.DataFrame) -> pd.DataFrame:
 
 def independent_models(rows: pd.DataFrame) -> pd.DataFrame:
     """The ok rows that count as independent models: curve models, less tuned
-    models whose ``base_model`` is in ``rows``."""
+    models whose ``base_model`` is in ``rows``, less controls."""
     curves = curve_models(rows)
-    return curves[~_tuned_with_base(_ok(rows)).loc[curves.index]]
+    ok = _ok(rows)
+    paired_or_control = _tuned_with_base(ok) | _is_control(ok)
+    return curves[~paired_or_control.loc[curves.index]]
