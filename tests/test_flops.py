@@ -236,3 +236,62 @@ def test_unknown_model_type_is_refused_and_missing_keys_are_named():
         flops.parameter_counts(llama_config(model_type="brand_new"))
     with pytest.raises(flops.FlopModelError, match="hidden_size"):
         flops.layer_flops({"model_type": "llama", "num_hidden_layers": 2}, SEQ_LEN)
+
+
+def test_check_schedule_layers():
+    assert flops.check_schedule(6).tolist() == [True] * 5 + [False]  # L is never a check
+    # checks every 2 layers from layer 2: layers 2 and 4 (6 = L is the fallback)
+    assert np.flatnonzero(flops.check_schedule(6, 2, 2)).tolist() == [1, 3]
+    assert np.flatnonzero(flops.check_schedule(8, 3, 2)).tolist() == [1, 4]  # layers 2, 5
+    with pytest.raises(ValueError, match="check_every and score.min_exit_layer must be >= 1"):
+        flops.check_schedule(4, 0)
+
+
+def test_policy_costs_per_check_kind_schedule_and_state_hand_computed():
+    # L = 4: layers 10, 20, 30, 40 FLOPs; head 5; cosine 0.5; skipped-layer K/V 1, 2, 3, 4
+    model = flops.FlopModel(
+        (10.0, 20.0, 30.0, 40.0), 5.0, state_kv=(1.0, 2.0, 3.0, 4.0), cosine=0.5
+    )
+    assert model.full == 105
+    assert model.skipped_state("kv").tolist() == [10, 9, 7, 4, 0]
+    assert model.skipped_state("full").tolist() == [100, 90, 70, 40, 0]
+    assert model.skipped_state("none").tolist() == [0] * 5
+    # head checks at every layer, no state: the historical sum_{l<=e} F_l + e H
+    head = model.policy_costs("head")
+    assert head[1:].tolist() == model.exit_cost(np.arange(1, 5)).tolist() == [15, 40, 75, 120]
+    # kv state: exit at 1 = 10 + 5 + (2 + 3 + 4); at 2 = 30 + 2 * 5 + 7
+    assert model.policy_costs("head", state_cost="kv")[1:].tolist() == [24, 47, 79, 120]
+    # cosine: 0.5 per check up to e (checks at 1..3), head once
+    assert model.policy_costs("cosine")[1:].tolist() == [15.5, 36.0, 66.5, 106.5]
+    # oracle / zero-check-cost bound: one head call
+    assert model.policy_costs("none", state_cost="kv")[1:].tolist() == [24, 42, 69, 105]
+    # full state cost: an oracle saves nothing (exact recomputation)
+    assert model.policy_costs("none", state_cost="full")[1:].tolist() == [105] * 4
+    # checks only at layer 2 (min_exit_layer 2, check_every 2): head paid at layer 2 only
+    schedule = flops.check_schedule(4, 2, 2)
+    assert model.policy_costs("head", schedule)[1:].tolist() == [15, 35, 70, 110]
+    assert model.policy_costs("cosine", schedule)[1:].tolist() == [15, 35.5, 65.5, 105.5]
+    with pytest.raises(ValueError, match="state_cost must be one of"):
+        model.skipped_state("bogus")
+
+
+def test_skipped_layer_state_costs_by_architecture():
+    # dense: K and V projections 2 d 2 d_kv = 2 * 64 * 2 * (2 * 16)
+    model = flops.flop_model(llama_config(), SEQ_LEN)
+    assert model.state_kv == (8192.0, 8192.0) and model.cosine == 6 * 64
+    # an SSM mixer's state must advance: a skipped Mamba-2 layer pays its whole mixer
+    config = {
+        "model_type": "mamba2",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "expand": 2,
+        "num_heads": 8,
+        "head_dim": 16,
+        "n_groups": 1,
+        "state_size": 16,
+        "conv_kernel": 4,
+        "vocab_size": 100,
+    }
+    mamba = flops.flop_model(config, SEQ_LEN)
+    assert mamba.state_kv == mamba.per_layer
+    assert mamba.to_dict()["state_kv"] == list(mamba.per_layer)

@@ -15,14 +15,32 @@ net savings are comparable across models:
   ``A V`` then cost ``2 * 2 * ctx * head_dim * n_heads`` per token.
 * MoE layers pay for the router and only the ``top_k`` active experts, plus
   any always-on shared experts. Every expert is a gated (SwiGLU) MLP.
-* The exit check ("head") is the final norm (ignored) and the LM head,
-  ``2 * d * V`` (plus OPT's ``project_out`` where the model has one).
+* The head is the final norm (ignored) and the LM head, ``2 * d * V`` (plus
+  OPT's ``project_out`` where the model has one). A hidden-state cosine check
+  costs ``6 d`` (three dot products of length d).
+* A skipped layer is not free (``state_cost``): later tokens read its keys and
+  values, and an SSM's recurrent state must advance. Each block carries the
+  FLOPs a skipped layer still spends under ``kv``: an attention block its K and
+  V projections ``2 d_in 2 d_kv`` (``d_kv = H_kv d_h``; MLA: its compressed
+  ``kv_a`` projection ``2 d (r_kv + d_rope)``), an SSM mixer its full cost.
 
-``cost(exit at e) = sum_{l <= e} layer_l + e * head``: an early-exit model runs
-the head at every layer it visits and the check at the exit layer produces the
-output. ``full = sum_{l <= L} layer_l + head`` is the plain model. Net savings
-of a set of exits is ``1 - E[cost(e)] / full`` (it can be negative: checks cost
-more than the layers skipped).
+Exit checks are allowed at the scheduled layers ``l in 1..L-1`` with
+``l >= min_exit_layer`` and ``(l - min_exit_layer) % check_every == 0``
+(:func:`check_schedule`); layer L is always the fallback. With ``s_l`` the
+state cost of skipped layer l (0, ``kv_l`` or ``layer_l``):
+
+    cost(e) = sum_{l <= e} layer_l + checks(e) * c + head + sum_{l > e} s_l
+
+where the exit check of a head-based measure (maxprob, margin, entropy,
+patience) costs ``c = head`` and is paid at every scheduled layer before e
+(the head at e produces the output): ``checks(e) = #{scheduled l < e}``; a
+cosine check costs ``c = 6 d`` at every scheduled layer up to e (below L) and
+the head runs once, at the exit; the oracles and the *zero-check-cost bound*
+pay ``c = 0``. ``full = sum_{l <= L} layer_l + head`` is the plain model. Net
+savings of a set of exits is ``1 - E[cost(e)] / full`` (it can be negative:
+checks cost more than the layers skipped). With every layer scheduled and
+``state_cost: none`` a head-based exit costs the historical
+``sum_{l <= e} layer_l + e * head`` (:meth:`FlopModel.exit_cost`).
 
 Approximations, stated once: counts are per token at the window's average
 context (what teacher-forced scoring of a window costs), not a batched decode
@@ -61,13 +79,24 @@ __all__ = [
     "Block",
     "FlopModel",
     "FlopModelError",
+    "CHECK_KINDS",
+    "STATE_COSTS",
     "average_context",
+    "check_schedule",
     "flop_model",
     "head_flops",
     "layer_blocks",
     "layer_flops",
+    "layer_state_flops",
     "parameter_counts",
 ]
+
+
+#: How an exit check is paid: the LM head at each check, a cosine (6 d) per check and the
+#: head once at the exit, or no check at all (oracles, the zero-check-cost bound).
+CHECK_KINDS: tuple[str, ...] = ("head", "cosine", "none")
+#: What a skipped layer still costs (config ``score.state_cost``).
+STATE_COSTS: tuple[str, ...] = ("none", "kv", "full")
 
 
 class FlopModelError(ValueError):
@@ -78,13 +107,16 @@ class FlopModelError(ValueError):
 class Block:
     """One component of a layer: ``params`` stored, ``active_params`` used per
     token, ``flops`` per token. ``shared`` names weights reused by several
-    layers (Zamba2's shared transformer), counted once in parameter totals."""
+    layers (Zamba2's shared transformer), counted once in parameter totals.
+    ``state`` is what the block still costs per token when its layer is skipped
+    under ``state_cost: kv`` (K/V projections, an SSM mixer's full cost)."""
 
     name: str
     params: float
     active_params: float
     flops: float
     shared: str | None = None
+    state: float = 0.0
 
 
 _ATTENTION_TYPES = {"attention", "full_attention", "sliding_attention", "chunked_attention"}
@@ -163,16 +195,19 @@ def _attention(
     d_in: float, d_out: float, heads: int, kv_heads: int, head_dim: int, ctx: float
 ) -> Block:
     """GQA attention: q, k, v, o projections ``2 (d_in (H + 2 H_kv) d_h + H d_h d_out)``
-    plus scores and weighted sum ``4 ctx d_h H``."""
+    plus scores and weighted sum ``4 ctx d_h H``; skipped, its K and V
+    projections ``2 d_in 2 H_kv d_h`` (the cache later tokens read)."""
     p = d_in * (heads + 2 * kv_heads) * head_dim + heads * head_dim * d_out
-    return Block("attention", p, p, 2 * p + 4 * ctx * head_dim * heads)
+    kv = 2 * d_in * 2 * kv_heads * head_dim
+    return Block("attention", p, p, 2 * p + 4 * ctx * head_dim * heads, state=kv)
 
 
 def _mla_attention(cfg: _Config, d: int, ctx: float) -> Block:
     """DeepSeek multi-head latent attention (non-absorbed form): projections
     q (optionally through ``q_lora_rank``), kv_a ``d -> kv_lora + d_rope``,
     kv_b ``kv_lora -> H (d_nope + d_v)``, o ``H d_v -> d``; scores
-    ``2 ctx H (d_nope + d_rope)`` and weighted sum ``2 ctx H d_v``."""
+    ``2 ctx H (d_nope + d_rope)`` and weighted sum ``2 ctx H d_v``; skipped, the
+    cached latent ``kv_a`` ``2 d (kv_lora + d_rope)``."""
     heads = int(cfg.get("num_attention_heads"))
     nope, rope = int(cfg.get("qk_nope_head_dim")), int(cfg.get("qk_rope_head_dim"))
     v_dim = int(cfg.get("v_head_dim"))
@@ -181,7 +216,8 @@ def _mla_attention(cfg: _Config, d: int, ctx: float) -> Block:
     q_out = heads * (nope + rope)
     q = d * q_out if q_rank is None else d * q_rank + q_rank * q_out
     p = q + d * (kv_rank + rope) + kv_rank * heads * (nope + v_dim) + heads * v_dim * d
-    return Block("attention", p, p, 2 * p + 2 * ctx * heads * (nope + rope + v_dim))
+    flops = 2 * p + 2 * ctx * heads * (nope + rope + v_dim)
+    return Block("attention", p, p, flops, state=2 * d * (kv_rank + rope))
 
 
 def _mlp(d: float, intermediate: float, gated: bool, name: str = "mlp") -> Block:
@@ -228,7 +264,8 @@ def _mamba1(
     params = matmul + d_inner * d_state + 2 * d_inner  # A, D, dt bias
     params += d_inner if conv_bias else 0
     params += 2 * d_inner + d if proj_bias else 0  # in_proj and out_proj biases
-    return Block("mamba", params, params, 2 * matmul + 9 * d_inner * d_state + 4 * d_inner)
+    flops = 2 * matmul + 9 * d_inner * d_state + 4 * d_inner
+    return Block("mamba", params, params, flops, state=flops)  # the state must advance
 
 
 def _mamba2(
@@ -252,7 +289,8 @@ def _mamba2(
     params = matmul + 3 * n_heads + d_inner  # A, D, dt bias, norm
     params += conv_dim if conv_bias else 0
     params += in_proj + d if proj_bias else 0
-    return Block("mamba2", params, params, 2 * matmul + 5 * d_inner * d_state + 7 * d_inner)
+    flops = 2 * matmul + 5 * d_inner * d_state + 7 * d_inner
+    return Block("mamba2", params, params, flops, state=flops)  # the state must advance
 
 
 def _weights(name: str, params: float) -> Block:
@@ -485,6 +523,7 @@ def _plan_zamba2(cfg: _Config, layer: int, seq_len: int) -> list[Block]:
                 attention.active_params,
                 attention.flops,
                 shared,
+                attention.state,
             ),
             Block("shared_mlp", mlp.params, mlp.active_params, mlp.flops, shared),
             # input norm on the 2 d concatenation, pre-MLP norm on d
@@ -567,6 +606,28 @@ def layer_flops(config: Mapping[str, Any], seq_len: int) -> list[float]:
     return [float(sum(b.flops for b in blocks)) for blocks in layer_blocks(config, seq_len)]
 
 
+def layer_state_flops(config: Mapping[str, Any], seq_len: int) -> list[float]:
+    """Per-token FLOPs a skipped layer 1..L still spends under ``state_cost: kv``:
+    its attention K/V projections and its SSM mixer (see the module docstring)."""
+    return [float(sum(b.state for b in blocks)) for blocks in layer_blocks(config, seq_len)]
+
+
+def check_schedule(num_layers: int, check_every: int = 1, min_exit_layer: int = 1) -> np.ndarray:
+    """``[L]`` booleans (index l - 1 = layer l): exit checks run at layers
+    ``l in 1..L-1`` with ``l >= min_exit_layer`` and
+    ``(l - min_exit_layer) % check_every == 0``; layer L, the fallback, is never a
+    check (the model's own output is used there)."""
+    if check_every < 1 or min_exit_layer < 1:
+        raise ValueError(
+            f"score.check_every and score.min_exit_layer must be >= 1, got {check_every} "
+            f"and {min_exit_layer}"
+        )
+    layer = np.arange(1, num_layers + 1)
+    on = (layer >= min_exit_layer) & ((layer - min_exit_layer) % check_every == 0)
+    on[-1] = False
+    return on
+
+
 def _head_input_width(cfg: _Config) -> int:
     """Width of the head's input: d, or OPT's ``word_embed_proj_dim``."""
     d = _hidden(cfg)
@@ -587,10 +648,14 @@ def head_flops(config: Mapping[str, Any]) -> float:
 
 @dataclass(frozen=True)
 class FlopModel:
-    """Per-token FLOPs of layers 1..L and of one exit check (the head)."""
+    """Per-token FLOPs of layers 1..L, of the head, of a cosine check, and what
+    each layer still costs when skipped under ``state_cost: kv`` (``state_kv``;
+    None = nothing)."""
 
     per_layer: tuple[float, ...]
     head: float
+    state_kv: tuple[float, ...] | None = None
+    cosine: float = 0.0
     cumulative: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -605,8 +670,54 @@ class FlopModel:
         """``sum_{l <= L} layer_l + head``: the plain model, one head call."""
         return float(self.cumulative[-1] + self.head)
 
+    def skipped_state(self, state_cost: str) -> np.ndarray:
+        """``sum_{l > e} s_l`` for e = 0..L: what the layers after an exit at e
+        still cost, with ``s_l`` = 0 (``none``), the K/V and SSM-mixer FLOPs
+        (``kv``) or the whole layer (``full``)."""
+        if state_cost == "none":
+            per = np.zeros(self.num_layers)
+        elif state_cost == "kv":
+            per = np.asarray(self.state_kv or np.zeros(self.num_layers), dtype=np.float64)
+        elif state_cost == "full":
+            per = np.asarray(self.per_layer, dtype=np.float64)
+        else:
+            raise ValueError(f"score.state_cost must be one of {STATE_COSTS}, got {state_cost!r}")
+        after = np.concatenate([np.cumsum(per[::-1])[::-1], [0.0]])  # after[e] = sum_{l > e}
+        return after
+
+    def policy_costs(
+        self, check: str, schedule: np.ndarray | None = None, state_cost: str = "none"
+    ) -> np.ndarray:
+        """``cost(e)`` for e = 0..L (index = exit layer; index 0 unused):
+        ``sum_{l <= e} layer_l + checks(e) c + head + sum_{l > e} s_l``.
+
+        ``check`` is one of :data:`CHECK_KINDS`: ``head`` pays ``c = head`` at
+        each scheduled layer before e; ``cosine`` pays ``c = 6 d`` at each
+        scheduled layer up to e (below L); ``none`` pays no check (oracles, the
+        zero-check-cost bound). ``schedule`` is :func:`check_schedule`'s mask
+        (default: every layer below L)."""
+        L = self.num_layers
+        if schedule is None:
+            schedule = check_schedule(L)
+        checked = np.concatenate([[0], np.cumsum(np.asarray(schedule, dtype=np.int64))])
+        if check == "head":
+            checks = np.concatenate([[0], checked[:-1]])  # scheduled layers l < e
+            c = self.head
+        elif check == "cosine":
+            checks = checked  # scheduled layers l <= e (layer L is never scheduled)
+            c = self.cosine
+        elif check == "none":
+            checks, c = np.zeros(L + 1), 0.0
+        else:
+            raise ValueError(f"exit check must be one of {CHECK_KINDS}, got {check!r}")
+        costs = self.cumulative + checks * c + self.head + self.skipped_state(state_cost)
+        costs[0] = 0.0
+        return costs
+
     def exit_cost(self, exit_layer: np.ndarray | int) -> np.ndarray:
-        """``cost(e) = sum_{l <= e} layer_l + e * head`` for exit layers 1..L."""
+        """``cost(e) = sum_{l <= e} layer_l + e * head`` for exit layers 1..L: the
+        head at every layer, no state cost (``policy_costs("head")`` with every
+        layer scheduled and ``state_cost: none``)."""
         e = np.asarray(exit_layer)
         return self.cumulative[e] + e * self.head
 
@@ -619,12 +730,25 @@ class FlopModel:
         return float(1.0 - np.mean(self.exit_cost(exit_layer)) / self.full)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"per_layer": list(self.per_layer), "head": self.head, "full": self.full}
+        return {
+            "per_layer": list(self.per_layer),
+            "head": self.head,
+            "full": self.full,
+            "cosine": self.cosine,
+            "state_kv": None if self.state_kv is None else list(self.state_kv),
+        }
 
 
 def flop_model(config: Mapping[str, Any], seq_len: int) -> FlopModel:
-    """:class:`FlopModel` of a transformers config dict at window length ``seq_len``."""
-    return FlopModel(tuple(layer_flops(config, seq_len)), head_flops(config))
+    """:class:`FlopModel` of a transformers config dict at window length ``seq_len``
+    (cosine check ``6 d``)."""
+    blocks = layer_blocks(config, seq_len)
+    return FlopModel(
+        tuple(float(sum(b.flops for b in layer)) for layer in blocks),
+        head_flops(config),
+        state_kv=tuple(float(sum(b.state for b in layer)) for layer in blocks),
+        cosine=6.0 * _hidden(_Config(config)),
+    )
 
 
 def _embedding_params(cfg: _Config) -> float:
