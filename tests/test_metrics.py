@@ -199,3 +199,66 @@ def test_measure_values_directions():
     np.testing.assert_array_equal(metrics.exit_layer(m, -0.5), [2, 2])  # entropy <= 0.5
     with pytest.raises(ValueError, match="unknown measure"):
         metrics.measure_values("bogus", ones, ones, ones, ones, 2)
+
+
+def test_two_oracles_issue_example():
+    """Agreement rows [1,1], [0,1], [1,1], [1,1] over layers 1..4 (layer x token):
+    token 0 agrees at 1, not at 2, from 3 on (e_first 1, e_sat 3); token 1 always (1, 1).
+    S_settled = 1 - (3 + 1) / 2 / 4 = 0.50; S_first = 1 - (1 + 1) / 2 / 4 = 0.75."""
+    agree = np.array([[1, 1], [0, 1], [1, 1], [1, 1]], dtype=bool)
+    e_sat, e_first = metrics.saturation_layer(agree), metrics.first_agreement_layer(agree)
+    assert e_sat.tolist() == [3, 1] and e_first.tolist() == [1, 1]
+    assert 1 - e_sat.mean() / 4 == 0.50 and 1 - e_first.mean() / 4 == 0.75
+    # exiting where the lens first agrees is consistent on every token
+    assert agree[e_first - 1, [0, 1]].all()
+
+
+def test_pabee_counter_and_rule_hand_computed():
+    # top-1 over layers 1..5 for three tokens (columns)
+    top1 = np.array([[4, 1, 2], [4, 2, 2], [4, 2, 3], [5, 2, 3], [5, 2, 3]])
+    counter = metrics.pabee_measure(top1)
+    # token 0: 4 4 4 5 5 -> 0 1 2 0 1; token 1: 1 2 2 2 2 -> 0 0 1 2 3; token 2: 0 1 0 1 2
+    assert counter.T.tolist() == [[0, 1, 2, 0, 1], [0, 0, 1, 2, 3], [0, 1, 0, 1, 2]]
+    ones = np.ones(top1.shape, np.float32)
+    m = metrics.measure_values("pabee", ones, ones, ones, ones, 2, top1=top1)
+    # p = 1: first repeat; p = 2: the top-1 unchanged for two checks after it appeared
+    assert metrics.exit_layer(m, 1).tolist() == [2, 3, 2]
+    assert metrics.exit_layer(m, 2).tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="needs the top-1"):
+        metrics.measure_values("pabee", ones, ones, ones, ones, 2)
+
+
+def test_schedule_keeps_exits_and_patience_to_checked_layers():
+    # L = 5; checks at layers 2 and 4 (min_exit_layer 2, check_every 2)
+    schedule = np.array([False, True, False, True, False])
+    maxprob = np.array([[0.9], [0.5], [0.95], [0.97], [0.1]], dtype=np.float32)
+    m = metrics.measure_values("maxprob", maxprob, maxprob, maxprob, maxprob, 2, schedule=schedule)
+    assert np.isneginf(m[[0, 2, 4], 0]).all() and m[[1, 3], 0].tolist() == pytest.approx(
+        [0.5, 0.97]
+    )
+    assert metrics.exit_layer(m, 0.9).tolist() == [4]  # layer 1 and 3 are confident, not checked
+    # patience over checks: checks see 0.5, 0.97 -> min over two checks only at layer 4
+    p = metrics.measure_values("patience", maxprob, maxprob, maxprob, maxprob, 2, schedule=schedule)
+    assert np.isneginf(p[1, 0]) and p[3, 0] == pytest.approx(0.5)
+    top1 = np.array([[7], [7], [3], [7], [7]])
+    pabee = metrics.measure_values("pabee", maxprob, maxprob, maxprob, maxprob, 2, top1, schedule)
+    assert pabee[1, 0] == 0 and pabee[3, 0] == 1  # checks at 2 and 4 both see 7
+
+
+def test_consistency_lower_bound_and_bound_calibration():
+    # three calibration documents of 10 tokens; agreement counts at two thresholds
+    agree = np.array([[10, 9], [10, 10], [10, 8]], dtype=np.float64)
+    n = np.array([10.0, 10.0, 10.0])
+    # every resample with the same document thrice: the bounds are the worst documents
+    weights = np.array([[3, 0, 0], [0, 3, 0], [0, 0, 3], [1, 1, 1]] * 5, dtype=np.float64)
+    bound = metrics.consistency_lower_bound(agree, n, weights, level=0.95)
+    # 5th percentile of {1, 1, 1, 1 x5}, {0.9, 1, 0.8, 0.9 x5} (linear interpolation)
+    assert bound[0] == 1.0
+    assert bound[1] == pytest.approx(np.percentile([0.9, 1.0, 0.8, 0.9] * 5, 5))
+    assert bound[1] < 0.9  # the point estimate 27/30 = 0.9
+    no_resamples = metrics.consistency_lower_bound(agree, n, np.zeros((0, 3)))
+    assert no_resamples.tolist() == pytest.approx([1.0, 0.9])
+    savings, consistency = np.array([0.1, 0.5, 0.0]), np.array([1.0, 0.9, 1.0])
+    assert metrics.choose_threshold(savings, consistency, 0.9) == 1  # point: on the boundary
+    lower = np.array([1.0, 0.85, 1.0])
+    assert metrics.choose_threshold(savings, consistency, 0.9, lower) == 0  # bound: safer

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from exitbench import metrics, score, shards, tables
+from exitbench import flops, metrics, score, shards, tables
 from exitbench.config import section_defaults
 from exitbench.tables import TableError
 
@@ -150,11 +150,20 @@ def test_known_answers(tmp_path):
     assert head["final_accuracy"]["estimate"] == pytest.approx(3 / 4)
     assert summary["distributions"]["saturation_count"] == [2, 1, 1, 2]
     assert (summary["n_documents"], summary["n_calibration_documents"]) == (2, 1)
+    # two oracles: S_first = 1 - E[e_first]/L, S_settled = 1 - E[e_sat]/L (= oracle_savings)
+    assert head["savings_first"]["estimate"] == pytest.approx(1 - 13 / 6 / 4)
+    assert head["savings_settled"] == head["oracle_savings"]
     flop = summary["flops"]
     full = flop["full"]
-    costs = np.cumsum([0] + flop["per_layer"]) + np.arange(5) * flop["head"]
+    # an oracle pays one head call; each skipped layer its K and V (state_cost: kv), by hand:
+    # d = 64, 2 KV heads of 16 -> 2 * 64 * 2 * 32 = 8192 per skipped layer
+    assert flop["state_kv"] == [8192.0] * 4
+    costs = np.cumsum([0] + flop["per_layer"]) + flop["head"] + 8192.0 * (4 - np.arange(5))
     expected = 1 - np.mean(costs[[3, 4, 1, 2, 4, 1]]) / full
     assert head["oracle_net_flop_savings"]["estimate"] == pytest.approx(expected)
+    assert head["net_flop_savings_settled"] == head["oracle_net_flop_savings"]
+    expected = 1 - np.mean(costs[[3, 2, 1, 2, 4, 1]]) / full
+    assert head["net_flop_savings_first"]["estimate"] == pytest.approx(expected)
 
 
 def test_perfect_confidence_policy_matches_oracle_on_heldout(tmp_path):
@@ -464,7 +473,7 @@ def test_exit_policies_match_brute_force_exits():
     docs = score.document_split(arrays, 0.5, bootstrap=30, seed=1)
     agree, correct = score.agreement_masks(arrays)
     agree, correct = agree[1:], correct[1:]
-    result = score.exit_policies(arrays, agree, correct, docs, None, None, params(thresholds=9))
+    result = score.exit_policies(arrays, agree, correct, docs, None, params(thresholds=9))
     held_tokens = docs.heldout[docs.unit]
     columns = np.arange(agree.shape[1])
     for point in result.sweeps["maxprob"]:
@@ -486,7 +495,8 @@ def test_exit_policies_match_brute_force_exits():
         policy["calibration"]["savings"],
         policy["calibration"]["consistency"],
     )
-    assert set(result.policies) == set(metrics.MEASURES)
+    assert set(result.policies) == set(metrics.MEASURES) | {"patience"}
+    assert result.policies["patience"] is result.policies["patience_maxprob"]
 
 
 def test_assemble_headline_picks_the_best_calibration_measure():
@@ -524,7 +534,9 @@ def test_assemble_headline_picks_the_best_calibration_measure():
 
 def test_incomplete_params_name_the_missing_keys(tmp_path):
     paths, tokens, info = hand_case(tmp_path)
-    with pytest.raises(score.ScoreError, match=r"\['calibration_fraction'.*section_defaults"):
+    with pytest.raises(
+        score.ScoreError, match=r"\['calibration', 'calibration_fraction'.*section_defaults"
+    ):
         score.score_lens(paths, tokens, info, {"bootstrap": 10}, seed=0)
 
 
@@ -595,3 +607,177 @@ def test_few_documents_are_flagged(tmp_path, caplog):
     _, summary = score.score_arrays(arrays, 6, None, params(bootstrap=0), seed=0)
     assert summary["n_heldout_documents"] >= 20
     assert summary["few_documents"] is False and summary["warnings"] == []
+
+
+# ---------------------------------------------- issue 9: oracles, check costs, calibration
+
+
+def test_two_oracles_on_the_issue_example():
+    """Agreement rows [1,1], [0,1], [1,1], [1,1] over layers 1..4, one token per document:
+    e_sat = [3, 1], e_first = [1, 1]: S_settled = 0.50, S_first = 0.75."""
+    top1 = np.array([[9, 3, 9, 3, 3], [9, 3, 3, 3, 3]], np.int32).T  # layers 0..4, final 3
+    ones = np.ones(top1.shape, np.float32)
+    arrays = shards.LensArrays(
+        layers=np.arange(5),
+        top1=top1,
+        maxprob=ones,
+        margin=ones,
+        entropy=ones,
+        kl_to_final=ones,
+        cos_prev=ones,
+        gold=np.array([3, 3], np.int32),
+        doc=np.array([0, 1]),
+        doc_ids=["a", "b"],
+    )
+    docs = score.document_split(arrays, 0.5, bootstrap=10, seed=0)
+    agree, correct = score.agreement_masks(arrays)
+    oracle = score.oracle_exits(agree[1:], correct[1:], docs, flops=None)
+    head = oracle.headline
+    assert head["savings_settled"]["estimate"] == pytest.approx(0.50)
+    assert head["savings_first"]["estimate"] == pytest.approx(0.75)
+    assert head["oracle_savings"] is head["savings_settled"]  # the old key, same number
+
+
+def scheduled_arrays() -> shards.LensArrays:
+    """:func:`hand_arrays` with maxprob = cos_prev = 0.1 at layer 1 and 0.9 from layer 2 on."""
+    arrays = hand_arrays()
+    confidence = np.repeat(np.array([0, 0.1, 0.9, 0.9, 0.9], np.float32)[:, None], 6, axis=1)
+    arrays.maxprob, arrays.margin, arrays.entropy = confidence, confidence, 1 - confidence
+    arrays.cos_prev = confidence.copy()
+    arrays.cos_prev[0] = np.nan
+    return arrays
+
+
+def _tau(point: dict) -> float | None:
+    return math.inf if point["threshold"] is None else round(point["threshold"], 6)
+
+
+def test_check_costs_per_measure_under_a_schedule_hand_computed():
+    """L = 4, layers 10, 20, 30, 40 FLOPs, head 5, cosine 0.5, K/V 1, 2, 3, 4 per skipped layer.
+    check_every 2 from layer 1: checks at layers 1 and 3. At tau = 0.9 every token exits at
+    layer 3 (confident at 2, but 2 is no check):
+      maxprob: 60 + 1 head check (layer 1) + head 5 + K/V of layer 4 = 74 -> 1 - 74/105
+      cos_prev: 60 + 2 cosines (layers 1, 3) + head 5 + 4 = 70 -> 1 - 70/105
+      zero-check-cost bound: 60 + 5 + 4 = 69 -> 1 - 69/105.
+    At tau = 0.1 every token exits at layer 1: 10 + 5 + (2 + 3 + 4) = 24 for maxprob."""
+    model = flops.FlopModel(
+        (10.0, 20.0, 30.0, 40.0), 5.0, state_kv=(1.0, 2.0, 3.0, 4.0), cosine=0.5
+    )
+    arrays = scheduled_arrays()
+    docs = score.document_split(arrays, 0.5, bootstrap=0, seed=0)
+    agree, correct = score.agreement_masks(arrays)
+    setting = params(check_every=2, min_exit_layer=1, state_cost="kv")
+    result = score.exit_policies(arrays, agree[1:], correct[1:], docs, model, setting)
+    by_tau = {m: {_tau(p): p for p in result.sweeps[m]} for m in ("maxprob", "cos_prev")}
+    at = by_tau["maxprob"][0.9]
+    assert at["savings"] == pytest.approx(0.25)
+    assert at["net_flop_savings"] == pytest.approx(1 - 74 / 105)
+    assert at["net_flop_savings_zero_check"] == pytest.approx(1 - 69 / 105)
+    cos = by_tau["cos_prev"][0.9]
+    assert cos["net_flop_savings"] == pytest.approx(1 - 70 / 105)
+    assert cos["net_flop_savings_zero_check"] == pytest.approx(1 - 69 / 105)
+    assert by_tau["maxprob"][0.1]["net_flop_savings"] == pytest.approx(1 - 24 / 105)
+    # +inf never exits early: 100 + head checks at layers 1 and 3 + the output head
+    assert by_tau["maxprob"][math.inf]["net_flop_savings"] == pytest.approx(1 - 115 / 105)
+    # state_cost: full charges whole skipped layers: the tau = 0.9 exit saves only checks' loss
+    full = params(check_every=2, min_exit_layer=1, state_cost="full")
+    result = score.exit_policies(arrays, agree[1:], correct[1:], docs, model, full)
+    point = next(p for p in result.sweeps["cos_prev"] if p["threshold"] == pytest.approx(0.9))
+    assert point["net_flop_savings"] == pytest.approx(1 - (100 + 1 + 5) / 105)
+
+
+def test_pabee_policy_sweeps_patience_hand_computed():
+    """hand_arrays' top-1 over layers 1..4 (checks at 1, 2, 3): PABEE counters
+    t0 0 1 0 1, t1 0 0 0 0, t2 0 1 2 3, t3 0 0 1 2, t4 0 1 2 0, t5 0 1 2 3.
+    p = 1 exits at 2, 4, 2 | 3, 2, 2; p = 2 at 4, 4, 3 | 4, 3, 3 (doc a | doc b)."""
+    arrays = hand_arrays()
+    docs = score.document_split(arrays, 0.5, bootstrap=0, seed=0)
+    agree, correct = score.agreement_masks(arrays)
+    result = score.exit_policies(arrays, agree[1:], correct[1:], docs, None, params())
+    sweep = result.sweeps["pabee"]
+    assert [p["threshold"] for p in sweep] == [1, 2, math.inf]
+    held_a = bool(docs.heldout[0])  # which document is held out
+    expected = {
+        1: (1 - 8 / 12, 2 / 3) if held_a else (1 - 7 / 12, 2 / 3),
+        2: (1 - 11 / 12, 1.0) if held_a else (1 - 10 / 12, 2 / 3),
+    }
+    for point in sweep[:2]:
+        savings, consistency = expected[point["threshold"]]
+        assert point["savings"] == pytest.approx(savings)
+        assert point["consistency"] == pytest.approx(consistency)
+    assert result.auc["patience"] is result.auc["patience_maxprob"]
+
+
+def simulated_study(seed: int, calibration: str, n_docs: int = 60, per_doc: int = 30):
+    """Layer 1 is the only early exit: maxprob_1 = u ~ U(0, 1); the lens agrees there with
+    probability 0.75 + 0.25 u + a document effect (sd 0.08); layers 2, 3 disagree."""
+    rng = np.random.default_rng(seed)
+    n = n_docs * per_doc
+    doc = np.repeat(np.arange(n_docs), per_doc)
+    u = rng.random(n).astype(np.float32)
+    p_agree = np.clip(0.75 + 0.25 * u + rng.normal(0, 0.08, n_docs)[doc], 0, 1)
+    top1 = np.full((5, n), 9, np.int32)
+    top1[4] = 3
+    top1[1] = np.where(rng.random(n) < p_agree, 3, 9)
+    maxprob = np.zeros((5, n), np.float32)
+    maxprob[1], maxprob[4] = u, 1
+    arrays = shards.LensArrays(
+        layers=np.arange(5),
+        top1=top1,
+        maxprob=maxprob,
+        margin=maxprob,
+        entropy=1 - maxprob,
+        kl_to_final=np.zeros_like(maxprob),
+        cos_prev=np.full_like(maxprob, np.nan),
+        gold=np.full(n, 3, np.int32),
+        doc=doc,
+        doc_ids=[f"d{i}" for i in range(n_docs)],
+    )
+    docs = score.document_split(arrays, 0.5, bootstrap=200, seed=seed)
+    agree, correct = score.agreement_masks(arrays)
+    setting = params(bootstrap=200, calibration=calibration)
+    return score.exit_policies(arrays, agree[1:], correct[1:], docs, None, setting)
+
+
+def test_bound_calibration_meets_the_target_on_heldout_where_point_does_not():
+    met = {"point": [], "bound": []}
+    for seed in range(20):
+        for mode in met:
+            policy = simulated_study(seed, mode).policies["maxprob"]["0.95"]
+            assert policy["target_met"] == (policy["consistency"]["estimate"] >= 0.95)
+            bound = policy["calibration"]["consistency_lower_bound"]
+            assert bound <= policy["calibration"]["consistency"]
+            if mode == "bound":
+                assert bound >= 0.95
+            met[mode].append(policy["target_met"])
+    # point sits on the boundary: held out, about half the studies miss the target
+    assert sum(met["point"]) == 11 and sum(met["bound"]) == 18
+    assert all(b or not p for p, b in zip(met["point"], met["bound"], strict=True))
+    assert not met["point"][8] and met["bound"][8]  # one study: bound meets it, point does not
+
+
+def test_headline_reports_heldout_consistency_and_target_met(tmp_path):
+    paths, tokens, info = hand_case(tmp_path)
+    _, summary = score.score_lens(paths, tokens, info, params(bootstrap=20), seed=0)
+    head = summary["headline"]
+    best = summary["best_measure"]["0.99"]
+    policy = summary["policies"][best]["0.99"]
+    assert head["consistency_at_99"] == policy["consistency"]
+    assert head["target_met_at_99"] == policy["target_met"]
+    assert head["target_met_at_99"] == (policy["consistency"]["estimate"] >= 0.99)
+    assert head["zero_check_net_flop_savings_at_99"] == policy["net_flop_savings_zero_check"]
+    # checks cost something: the zero-check-cost bound is at least the net savings
+    assert (
+        head["zero_check_net_flop_savings_at_95"]["estimate"]
+        >= head["net_flop_savings_at_95"]["estimate"]
+    )
+    assert summary["params"]["calibration"] == "bound" and summary["params"]["state_cost"] == "kv"
+    assert summary["policies"]["patience"] == summary["policies"]["patience_maxprob"]
+
+
+def test_bad_calibration_setting_is_named():
+    arrays = hand_arrays()
+    docs = score.document_split(arrays, 0.5, bootstrap=0, seed=0)
+    agree, correct = score.agreement_masks(arrays)
+    with pytest.raises(score.ScoreError, match="score.calibration must be 'point' or 'bound'"):
+        score.exit_policies(arrays, agree[1:], correct[1:], docs, None, params(calibration="x"))

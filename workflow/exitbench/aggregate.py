@@ -71,10 +71,12 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ARCH_CLASSES",
+    "HEADLINE_DETAIL_METRICS",
     "HEADLINE_METRICS",
     "METADATA_KEYS",
     "STATISTICS_COLUMNS",
     "STAT_METRICS",
+    "TARGET_MET_COLUMNS",
     "AggregateError",
     "aggregate_files",
     "build_summary",
@@ -100,6 +102,20 @@ HEADLINE_METRICS: tuple[str, ...] = (
     "mean_first_agreement_layer",
     "final_accuracy",
 )
+#: Headline numbers added by issue 9 (two oracles, held-out consistency per target, the
+#: zero-check-cost bound), copied like HEADLINE_METRICS; null for older score JSONs.
+HEADLINE_DETAIL_METRICS: tuple[str, ...] = (
+    "savings_first",
+    "savings_settled",
+    "net_flop_savings_first",
+    "net_flop_savings_settled",
+    "consistency_at_99",
+    "consistency_at_95",
+    "zero_check_net_flop_savings_at_99",
+    "zero_check_net_flop_savings_at_95",
+)
+#: Whether the held-out consistency of the headline policy reached its target.
+TARGET_MET_COLUMNS: tuple[str, ...] = ("target_met_at_99", "target_met_at_95")
 #: Headline metrics whose trends and comparisons ``claim_statistics`` reports.
 STAT_METRICS: tuple[str, ...] = (
     "oracle_savings",
@@ -284,10 +300,12 @@ def build_summary(
         for key in _COUNT_KEYS:
             row[key] = data.get(key)
         headline = data.get("headline", {})
-        for name in HEADLINE_METRICS:
+        for name in (*HEADLINE_METRICS, *HEADLINE_DETAIL_METRICS):
             row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _headline_value(
                 headline, name
             )
+        for name in TARGET_MET_COLUMNS:
+            row[name] = headline.get(name)
         best = data.get("best_measure", {})
         for column, key in _BEST_MEASURES.items():
             row[column] = best.get(key)

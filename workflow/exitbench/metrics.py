@@ -26,12 +26,15 @@ import numpy as np
 __all__ = [
     "MEASURES",
     "bootstrap_ratio",
+    "MEASURE_ALIASES",
     "bootstrap_weights",
     "choose_threshold",
+    "consistency_lower_bound",
     "consistency_savings_auc",
     "exit_layer",
     "first_agreement_layer",
     "measure_values",
+    "pabee_measure",
     "patience_measure",
     "percentile_ci",
     "saturation_layer",
@@ -43,17 +46,29 @@ __all__ = [
     "threshold_sweep",
 ]
 
-#: Confidence measures of the threshold policies, in tie-break order.
-#: ``entropy`` is swept as ``-entropy`` (exit when entropy_nats <= threshold),
-#: ``patience`` is maxprob held for ``patience`` consecutive layers.
-MEASURES: tuple[str, ...] = ("maxprob", "margin", "entropy", "cos_prev", "patience")
+#: Measures of the exit policies, in tie-break order. ``entropy`` is swept as
+#: ``-entropy`` (exit when entropy_nats <= threshold); ``patience_maxprob`` is
+#: maxprob >= tau held for ``score.patience`` consecutive checks; ``pabee`` is
+#: PABEE's rule (Zhou et al. 2020): the lens top-1 unchanged for p checks, p swept.
+MEASURES: tuple[str, ...] = (
+    "maxprob",
+    "margin",
+    "entropy",
+    "cos_prev",
+    "patience_maxprob",
+    "pabee",
+)
+#: Old measure names, still written to the score JSON as copies of their new names.
+MEASURE_ALIASES: dict[str, str] = {"patience": "patience_maxprob"}
 
 
 # ---------------------------------------------------------------- exit layers
 
 
 def saturation_layer(agree: np.ndarray) -> np.ndarray:
-    """``e_sat = min{l >= 1 : yhat_j = yhat for all j >= l}`` per token.
+    """``e_sat = min{l >= 1 : yhat_j = yhat for all j >= l}`` per token: the layer
+    from which the prediction has settled for good (Geva et al. 2022's
+    saturation event; ``S_settled = 1 - E[e_sat] / L``).
 
     ``agree`` is ``[L, n]`` booleans ``yhat_l == yhat`` for layers 1..L (the
     last row is all True by definition, so ``e_sat <= L``). Returns layers
@@ -68,7 +83,10 @@ def saturation_layer(agree: np.ndarray) -> np.ndarray:
 
 def first_agreement_layer(agree: np.ndarray) -> np.ndarray:
     """``e_first = min{l >= 1 : yhat_l = yhat}`` per token (``agree`` as in
-    :func:`saturation_layer`); layers 1..L as int64."""
+    :func:`saturation_layer`); layers 1..L as int64. A rule judged by per-token
+    consistency ``1[yhat_e = yhat]`` is perfect when it exits at e_first, so
+    ``S_first = 1 - E[e_first] / L`` bounds the savings of every such rule at
+    consistency 1."""
     agree = np.asarray(agree, dtype=bool)
     first = np.argmax(agree, axis=0) + 1
     return np.where(agree.any(axis=0), first, agree.shape[0]).astype(np.int64)
@@ -95,8 +113,8 @@ def exit_layer(measure: np.ndarray, threshold: float) -> np.ndarray:
 
 def patience_measure(maxprob: np.ndarray, patience: int) -> np.ndarray:
     """``m_l = min_{j = l-p+1..l} maxprob_j`` for ``l >= p``, ``-inf`` before:
-    a threshold on it exits after ``p`` consecutive layers (among 1..L) with
-    maxprob >= tau."""
+    a threshold on it exits after ``p`` consecutive rows (checked layers) with
+    maxprob >= tau (the ``patience_maxprob`` rule)."""
     if patience < 1:
         raise ValueError(f"score.patience must be >= 1, got {patience}")
     p = _no_nan(maxprob)
@@ -107,6 +125,20 @@ def patience_measure(maxprob: np.ndarray, patience: int) -> np.ndarray:
     return out
 
 
+def pabee_measure(top1: np.ndarray) -> np.ndarray:
+    """PABEE's patience counter (Zhou et al. 2020): ``m_l`` = the number of
+    consecutive rows (checked layers) just before l whose top-1 equals
+    ``top1_l`` (0 where it changed). A threshold ``m_l >= p`` exits once the
+    top-1 has stayed the same for p checks after it appeared (p + 1 equal
+    consecutive predictions; PABEE's patience t = p). float32 ``[rows, n]``."""
+    top1 = np.asarray(top1)
+    out = np.zeros(top1.shape, dtype=np.float32)
+    for row in range(1, top1.shape[0]):
+        same = top1[row] == top1[row - 1]
+        np.multiply(out[row - 1] + 1, same, out=out[row])
+    return out
+
+
 def measure_values(
     name: str,
     maxprob: np.ndarray,
@@ -114,20 +146,41 @@ def measure_values(
     entropy_nats: np.ndarray,
     cos_prev: np.ndarray,
     patience: int,
+    top1: np.ndarray | None = None,
+    schedule: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``[L, n]`` array a policy thresholds (higher = more confident):
-    maxprob, margin, ``-entropy``, cos_prev, or the patience transform of maxprob."""
-    if name == "maxprob":
-        return maxprob
-    if name == "margin":
-        return margin
+    maxprob, margin, ``-entropy``, cos_prev, the patience transform of maxprob
+    (``patience_maxprob``, old name ``patience``) or PABEE's counter over ``top1``.
+
+    ``schedule`` (``[L]`` booleans, :func:`exitbench.flops.check_schedule`)
+    keeps exits to the checked layers: other rows are ``-inf`` (never exit),
+    and the patience rules count consecutive *checks*, not layers.
+    """
+    name = MEASURE_ALIASES.get(name, name)
+    sources = {"maxprob": maxprob, "margin": margin, "entropy": entropy_nats}
+    sources |= {"cos_prev": cos_prev, "patience_maxprob": maxprob, "pabee": top1}
+    if name not in sources:
+        raise ValueError(f"unknown measure {name!r}; known: {MEASURES}")
+    values = sources[name]
+    if values is None:
+        raise ValueError(f"measure {name!r} needs the top-1 predictions (top1=...)")
+    n_rows = np.asarray(values).shape[0]
+    rows = None
+    if schedule is not None and not np.asarray(schedule, dtype=bool)[: n_rows - 1].all():
+        rows = np.flatnonzero(np.asarray(schedule, dtype=bool)[:n_rows])
+        values = np.asarray(values)[rows]
     if name == "entropy":
-        return np.negative(entropy_nats)
-    if name == "cos_prev":
-        return cos_prev
-    if name == "patience":
-        return patience_measure(maxprob, patience)
-    raise ValueError(f"unknown measure {name!r}; known: {MEASURES}")
+        values = np.negative(values)
+    elif name == "patience_maxprob":
+        values = patience_measure(values, patience)
+    elif name == "pabee":
+        values = pabee_measure(values)
+    if rows is None:
+        return values
+    out = np.full((n_rows,) + values.shape[1:], -np.inf, dtype=np.float32)
+    out[rows] = values
+    return out
 
 
 _RANK_BITS = 22  # lookup-table buckets: 2**22, relative width 2**-13 of a float32
@@ -226,7 +279,7 @@ class SweepSteps:
     token_names: tuple[str, ...]  # per-token 0/1 quantities, packed into ``category``
     category: np.ndarray | None  # flat (L-1)*n: sum_i (step_i + 1) * 3**i, uint8
     token_steps: dict[str, np.ndarray]  # flat int8 steps (fallback when bins are many)
-    layer_steps: dict[str, np.ndarray]  # flat float64 steps of per-layer constants
+    layer_steps: dict[str, np.ndarray]  # [L-1] float64 steps of per-layer constants
     linear: dict[str, float]  # per-layer constants with a constant step: q_e = q_1 + step (e - 1)
 
 
@@ -239,7 +292,8 @@ def sweep_steps(quantities: Mapping[str, np.ndarray], unit: np.ndarray, n_units:
     them are packed into one base-3 category so that a single unweighted
     ``bincount`` over (unit, rank, category) yields all their sums. Per-layer
     constants with equal steps (identical layers) are linear in the exit
-    layer and need no ``bincount`` at all.
+    layer and need no ``bincount`` at all; the others share one histogram of
+    (unit, rank, layer) cells, however many there are.
     """
     unit = np.asarray(unit, dtype=np.int64)
     first: dict[str, np.ndarray] = {}
@@ -254,7 +308,7 @@ def sweep_steps(quantities: Mapping[str, np.ndarray], unit: np.ndarray, n_units:
             if step.size == 0 or np.ptp(step) <= 1e-12 * np.abs(step).max():
                 linear[name] = float(step[0]) if step.size else 0.0
                 continue
-            layer_steps[name] = np.broadcast_to(step[:, None], (q.size - 1, unit.size)).ravel()
+            layer_steps[name] = step
             continue
         if q.dtype != bool and not np.isin(q, (0, 1)).all():
             raise ValueError(f"per-token sweep quantity {name!r} must be 0/1 (got {q.dtype})")
@@ -310,9 +364,19 @@ def threshold_sweep(
 
     tokens = np.bincount(unit, minlength=n_units).astype(np.float64)
     out = {"tokens": tokens}
-    for name, weights in steps.layer_steps.items():
-        out[name] = cumulate(np.bincount(index, weights=weights, minlength=size))
-        out[name] += steps.first[name][:, None]
+    if steps.layer_steps:
+        n_steps = next(iter(steps.layer_steps.values())).size
+        if size * n_steps <= max_bins:  # one histogram over (layer, unit, rank) for all
+            cells = index.reshape(n_steps, -1) + (np.arange(n_steps) * size)[:, None]
+            hist = np.bincount(cells.ravel(), minlength=size * n_steps).reshape(n_steps, size)
+            del cells
+            for name, step in steps.layer_steps.items():
+                out[name] = cumulate(step @ hist) + steps.first[name][:, None]
+        else:
+            for name, step in steps.layer_steps.items():
+                weights = np.repeat(step, index.size // n_steps)
+                out[name] = cumulate(np.bincount(index, weights=weights, minlength=size))
+                out[name] += steps.first[name][:, None]
     n_cat = 3 ** len(steps.token_names)
     if steps.category is not None and size * n_cat <= max_bins:
         index *= n_cat
@@ -336,13 +400,21 @@ def threshold_sweep(
     return out
 
 
-def choose_threshold(savings: np.ndarray, consistency: np.ndarray, target: float) -> int:
+def choose_threshold(
+    savings: np.ndarray,
+    consistency: np.ndarray,
+    target: float,
+    consistency_bound: np.ndarray | None = None,
+) -> int:
     """Index k maximising calibration savings ``S_k`` subject to ``C_k >= target``
-    (ties: higher consistency, then the larger threshold). The ``+inf``
-    threshold (last, C = 1) is always feasible."""
+    (``calibration: point``), or to ``LB_k >= target`` when the lower confidence
+    bounds ``consistency_bound`` are given (``calibration: bound``; ties: higher
+    consistency, then the larger threshold). The ``+inf`` threshold (last,
+    C = 1) is always feasible."""
     savings = np.asarray(savings, dtype=np.float64)
     consistency = np.asarray(consistency, dtype=np.float64)
-    feasible = np.flatnonzero(consistency >= target - 1e-12)
+    gate = consistency if consistency_bound is None else np.asarray(consistency_bound, np.float64)
+    feasible = np.flatnonzero(gate >= target - 1e-12)
     if feasible.size == 0:
         return int(savings.size - 1)
     order = np.lexsort((feasible, consistency[feasible], savings[feasible]))
@@ -356,9 +428,10 @@ def consistency_savings_auc(savings: np.ndarray, consistency: np.ndarray) -> np.
     is made monotone as ``C~(s) = max{C_k : S_k >= s}`` (the best consistency
     reachable with at least s savings) and integrated with the trapezoid rule
     over the sorted savings from 0 to ``S_max = max_k S_k``:
-    ``AUC = int_0^{S_max} C~(s) ds`` (in units of savings, so at most S_max;
-    a perfect early-exit rule scores S_oracle). Works on ``[..., K]`` arrays
-    (bootstrap resamples), returning ``[...]``.
+    ``AUC = int_0^{S_max} C~(s) ds`` (in units of savings, so at most S_max; a
+    rule exiting every token at its first-agreement layer reaches (S_first, 1),
+    so a sweep through that point scores at least S_first). Works on
+    ``[..., K]`` arrays (bootstrap resamples), returning ``[...]``.
     """
     s = np.asarray(savings, dtype=np.float64)
     c = np.asarray(consistency, dtype=np.float64)
@@ -419,6 +492,26 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray,
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
         low, high = np.nanpercentile(samples, [alpha, 100 - alpha], axis=0)
     return low, high
+
+
+def consistency_lower_bound(
+    agree_sums: np.ndarray, n_tokens: np.ndarray, weights: np.ndarray, level: float = 0.95
+) -> np.ndarray:
+    """One-sided ``level`` lower confidence bound of ``C_k = sum_d a_dk / sum_d n_d``
+    at every threshold k: the ``(1 - level)`` percentile of the document
+    bootstrap ``(w @ a) / (w @ n)`` (``agree_sums`` ``[docs, K]``, ``n_tokens``
+    ``[docs]``, ``weights`` ``[B, docs]``). Documents, not tokens, are
+    resampled: tokens of a document are correlated, so a binomial bound over
+    tokens would be too narrow. Without resamples it is the point estimate."""
+    a = np.asarray(agree_sums, dtype=np.float64)
+    n = np.asarray(n_tokens, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        estimate = a.sum(axis=0) / n.sum()
+        if weights.shape[0] == 0 or a.shape[0] == 0:
+            return estimate
+        resampled = (weights @ a) / (weights @ n)[:, None]
+    percentile = np.nanpercentile if np.isnan(resampled).any() else np.percentile
+    return percentile(resampled, (1.0 - level) * 100, axis=0)
 
 
 def bootstrap_ratio(

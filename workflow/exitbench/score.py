@@ -17,7 +17,8 @@ the bootstrap unit) and the model description written by
 1. :func:`document_split`: documents, calibration / held-out split, bootstrap weights;
 2. :func:`agreement_masks`: per (layer, token) agreement with the final top-1 and the gold token;
 3. :func:`layer_curves`: per-layer means with CIs (the ``scores`` table's columns);
-4. :func:`oracle_exits`: saturation and first-agreement layers, oracle savings;
+4. :func:`oracle_exits`: saturation and first-agreement layers, the two oracles'
+   savings (``S_first``, ``S_settled``);
 5. :func:`exit_policies`: threshold sweeps per measure, calibrated thresholds, AUCs;
 6. :func:`assemble_headline`, :func:`scores_table`, :func:`summary_dict`: the outputs.
 
@@ -27,11 +28,12 @@ and :mod:`exitbench.flops` (net FLOP savings).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import section_defaults
-from .flops import FlopModel, FlopModelError, flop_model
+from .flops import FlopModel, FlopModelError, check_schedule, flop_model
 from .provenance import clean_json, write_json
 from .shards import LensArrays, load_lens
 from .tables import SCHEMA_DIR, read_table, write_table
@@ -83,14 +85,33 @@ HEADLINE_SCHEMA = SCHEMA_DIR / "score_headline.schema.json"
 #: or zero-width with one).
 MIN_CI_DOCUMENTS = 20
 
-#: How each policy's threshold is applied (copied into the JSON).
+#: How each policy's threshold is applied (copied into the JSON). Exits happen only at
+#: the checked layers of score.check_every / score.min_exit_layer (else at L).
 MEASURE_RULES = {
-    "maxprob": "exit at the first layer l >= 1 with maxprob_l >= threshold",
-    "margin": "exit at the first layer l >= 1 with margin_l >= threshold",
-    "entropy": "exit at the first layer l >= 1 with entropy_nats_l <= threshold",
-    "cos_prev": "exit at the first layer l >= 1 with cos_prev_l >= threshold (where defined)",
-    "patience": "exit after `patience` consecutive layers (l >= 1) with maxprob >= threshold",
+    "maxprob": "exit at the first checked layer l >= 1 with maxprob_l >= threshold",
+    "margin": "exit at the first checked layer l >= 1 with margin_l >= threshold",
+    "entropy": "exit at the first checked layer l >= 1 with entropy_nats_l <= threshold",
+    "cos_prev": "exit at the first checked layer l >= 1 with cos_prev_l >= threshold "
+    "(where defined)",
+    "patience_maxprob": "exit after `patience` consecutive checked layers (l >= 1) with "
+    "maxprob >= threshold",
+    "pabee": "PABEE (Zhou et al. 2020): exit once the top-1 has stayed the same for "
+    "`threshold` = p consecutive checks after it appeared (p swept)",
+    "patience": "old name of patience_maxprob (same numbers)",
 }
+#: What each measure's exit check costs (exitbench.flops.CHECK_KINDS): the head at every
+#: check, or a cosine per check and the head once at the exit.
+MEASURE_CHECKS = {
+    "maxprob": "head",
+    "margin": "head",
+    "entropy": "head",
+    "cos_prev": "cosine",
+    "patience_maxprob": "head",
+    "pabee": "head",
+}
+#: One-sided confidence level of the lower bound on calibration consistency
+#: (``score.calibration: bound``).
+CALIBRATION_LEVEL = 0.95
 
 
 class ScoreError(ValueError):
@@ -154,6 +175,7 @@ class Documents:
     heldout: np.ndarray  # bool per document (= calibration with a single document)
     weights: np.ndarray  # [B, documents] bootstrap multiplicities
     heldout_weights: np.ndarray  # [B, held-out documents]
+    calibration_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def count(self) -> int:
@@ -184,7 +206,8 @@ def document_split(
     """Documents of ``arrays``, split by :func:`metrics.split_documents`.
 
     Bootstrap weights come from ``np.random.default_rng(seed)``: first
-    ``bootstrap`` resamples of all documents, then of the held-out ones. With
+    ``bootstrap`` resamples of all documents, then of the held-out ones, then of
+    the calibration ones (for the lower bound of ``calibration: bound``). With
     one document the held-out split is the calibration split (in-sample:
     :func:`study_warnings` says so).
     """
@@ -205,6 +228,7 @@ def document_split(
     rng = np.random.default_rng(seed)
     weights = metrics.bootstrap_weights(n_docs, int(bootstrap), rng)
     heldout_weights = metrics.bootstrap_weights(int(heldout.sum()), int(bootstrap), rng)
+    calibration_weights = metrics.bootstrap_weights(int(calibration.sum()), int(bootstrap), rng)
     has_gold = np.asarray(arrays.gold) >= 0
     return Documents(
         ids=doc_ids,
@@ -216,6 +240,7 @@ def document_split(
         heldout=heldout,
         weights=weights,
         heldout_weights=heldout_weights,
+        calibration_weights=calibration_weights,
     )
 
 
@@ -309,46 +334,67 @@ def layer_curves(
 
 @dataclass
 class OracleExits:
-    """Exit layers of a perfect rule, per token, and the headline numbers they give."""
+    """The two oracle exits per token and the headline numbers they give:
+    ``e_first`` (a perfect rule judged by per-token consistency: the bound) and
+    ``e_sat`` (the prediction has settled for good)."""
 
     saturation: np.ndarray  # e_sat per token, layers 1..L
     first_agreement: np.ndarray  # e_first per token
     saturation_count: np.ndarray  # tokens per e_sat, index 0..L (0 always empty)
     first_agreement_count: np.ndarray  # tokens per e_first, index 0..L
     headline: dict[str, dict[str, float]]
-    costs: np.ndarray | None  # FLOPs of exiting at layer 0..L (None without a FLOP model)
+    costs: np.ndarray | None  # oracle FLOPs of exiting at layer 0..L (None without a FLOP model)
 
 
 def oracle_exits(
-    agree: np.ndarray, correct: np.ndarray, docs: Documents, flops: FlopModel | None
+    agree: np.ndarray,
+    correct: np.ndarray,
+    docs: Documents,
+    flops: FlopModel | None,
+    state_cost: str = "kv",
 ) -> OracleExits:
-    """Saturation and first-agreement layers and the oracle's headline numbers.
+    """First-agreement and saturation layers and the oracles' headline numbers.
 
     ``agree``/``correct`` hold layers 1..L only (``[L, T]``). With ``n_d``
-    tokens in document d: ``oracle_savings = 1 - E[e_sat] / L``,
-    ``mean_saturation_layer = E[e_sat]``, ``mean_first_agreement_layer =
-    E[e_first]``, ``final_accuracy = mean_t correct[L, t]`` (tokens with
-    gold), ``oracle_net_flop_savings = 1 - E[cost(e_sat)] / full``; each a
-    ratio of document sums with its bootstrap CI.
+    tokens in document d: ``savings_first = S_first = 1 - E[e_first] / L``
+    (the bound of any rule judged by per-token consistency: it exits where the
+    lens first agrees, at consistency 1), ``savings_settled = S_settled = 1 -
+    E[e_sat] / L`` (the prediction has settled for good; ``oracle_savings``
+    is the same number under its old name), ``mean_saturation_layer =
+    E[e_sat]``, ``mean_first_agreement_layer = E[e_first]``,
+    ``final_accuracy = mean_t correct[L, t]`` (tokens with gold), and
+    ``net_flop_savings_first`` / ``net_flop_savings_settled`` (=
+    ``oracle_net_flop_savings``) ``= 1 - E[cost(e)] / full`` where an oracle
+    pays one head call and the skipped layers' ``state_cost``
+    (:meth:`FlopModel.policy_costs` with ``check="none"``); each a ratio of
+    document sums with its bootstrap CI.
     """
     num_layers = agree.shape[0]
     saturation = metrics.saturation_layer(agree)
     first_agreement = metrics.first_agreement_layer(agree)
     n_tok, weights = docs.n_tokens, docs.weights
-    sat_sum = docs.sums(saturation)
+    sat_sum, first_sum = docs.sums(saturation), docs.sums(first_agreement)
+    settled = _ratio(n_tok * num_layers - sat_sum, n_tok * num_layers, weights)
     headline = {
-        "oracle_savings": _ratio(n_tok * num_layers - sat_sum, n_tok * num_layers, weights),
+        "savings_first": _ratio(n_tok * num_layers - first_sum, n_tok * num_layers, weights),
+        "savings_settled": settled,
+        "oracle_savings": settled,
         "mean_saturation_layer": _ratio(sat_sum, n_tok, weights),
-        "mean_first_agreement_layer": _ratio(docs.sums(first_agreement), n_tok, weights),
+        "mean_first_agreement_layer": _ratio(first_sum, n_tok, weights),
         "final_accuracy": _ratio(docs.sums(correct[-1]), docs.n_gold, weights),
+        "net_flop_savings_first": _NAN_CI,
+        "net_flop_savings_settled": _NAN_CI,
         "oracle_net_flop_savings": _NAN_CI,
     }
     costs = None
     if flops is not None:
-        costs = flops.costs_by_layer()
-        headline["oracle_net_flop_savings"] = _ratio(
-            n_tok * flops.full - docs.sums(costs[saturation]), n_tok * flops.full, weights
-        )
+        costs = flops.policy_costs("none", state_cost=state_cost)
+        full = n_tok * flops.full
+        for name, exits in [("first", first_agreement), ("settled", saturation)]:
+            headline[f"net_flop_savings_{name}"] = _ratio(
+                full - docs.sums(costs[exits]), full, weights
+            )
+        headline["oracle_net_flop_savings"] = headline["net_flop_savings_settled"]
     return OracleExits(
         saturation=saturation,
         first_agreement=first_agreement,
@@ -364,10 +410,12 @@ def oracle_exits(
 
 @dataclass
 class ExitPolicies:
-    """Threshold policies of every measure in :data:`metrics.MEASURES`.
+    """Threshold policies of every measure in :data:`metrics.MEASURES` (and
+    the old names of :data:`metrics.MEASURE_ALIASES`, as copies).
 
     ``policies[measure][target]``: the calibration-chosen threshold and its
-    held-out savings, consistency, accuracy and net FLOP savings with CIs;
+    held-out savings, consistency (and ``target_met``), accuracy, net FLOP
+    savings and the zero-check-cost bound of net FLOP savings, with CIs;
     ``sweeps[measure]``: held-out rates at every threshold; ``auc[measure]``:
     the held-out (with CI) and calibration consistency-savings AUC;
     ``calibration[target][measure]``: the (savings, consistency) reached on
@@ -386,25 +434,34 @@ def exit_policies(
     correct: np.ndarray,
     docs: Documents,
     flops: FlopModel | None,
-    costs: np.ndarray | None,
     params: Mapping[str, Any],
 ) -> ExitPolicies:
-    """Sweep, calibrate and evaluate the threshold policy of every measure.
+    """Sweep, calibrate and evaluate the exit policy of every measure.
 
-    ``agree``/``correct`` hold layers 1..L; ``costs`` is
-    :attr:`OracleExits.costs`; ``params`` the config's ``score:`` section.
-    Thresholds are ``params["thresholds"]`` quantiles of the calibration
-    documents' values (plus ``+inf``); for each consistency target the
-    threshold with the highest calibration savings at consistency >= target
-    is chosen (:func:`metrics.choose_threshold`) and reported on the held-out
-    documents, its CI resampling held-out documents at that fixed threshold.
+    ``agree``/``correct`` hold layers 1..L; ``params`` the config's ``score:``
+    section. Exits are allowed at the layers of
+    :func:`exitbench.flops.check_schedule` (``check_every``,
+    ``min_exit_layer``) and at L. Thresholds are ``params["thresholds"]``
+    quantiles of the calibration documents' values (PABEE: p = 1, 2, ... up
+    to the number of checks), plus ``+inf``. For each consistency target the
+    threshold with the highest calibration savings is chosen
+    (:func:`metrics.choose_threshold`) among those whose calibration
+    consistency (``calibration: point``) or its one-sided 95% document-bootstrap
+    lower bound (``calibration: bound``, :func:`metrics.consistency_lower_bound`)
+    reaches the target, and reported on the held-out documents, its CI
+    resampling held-out documents at that fixed threshold (conditional on it).
+    Net FLOP savings charge each measure's own check (:data:`MEASURE_CHECKS`)
+    and the skipped layers' ``state_cost`` (:meth:`FlopModel.policy_costs`).
     """
     num_layers = agree.shape[0]
     first_exit = arrays.top1.shape[0] - num_layers
     targets = _targets(params)
+    schedule = check_schedule(num_layers, int(params["check_every"]), int(params["min_exit_layer"]))
     quantities: dict[str, np.ndarray] = {"agree": agree, "correct": correct}
-    if costs is not None:
-        quantities["cost"] = costs[1:]
+    if flops is not None:
+        for check in ("head", "cosine", "none"):
+            costs = flops.policy_costs(check, schedule, str(params["state_cost"]))
+            quantities[f"cost_{check}"] = costs[1:]
     steps = metrics.sweep_steps(quantities, docs.unit, docs.count)
     calibration_sample = _strided_subset(docs.calibration[docs.unit], 1 << 18, num_layers - 1)
     cos_valid = ~np.isnan(arrays.cos_prev)
@@ -418,12 +475,39 @@ def exit_policies(
             arrays.entropy[first_exit:],
             cos_x,
             int(params["patience"]),
+            top1=arrays.top1[first_exit:],
+            schedule=schedule,
         )
-        thresholds = metrics.sweep_thresholds(m[:-1, calibration_sample], int(params["thresholds"]))
-        sums = metrics.threshold_sweep(m, thresholds, steps, docs.unit, docs.count)
+        if name == "pabee":  # patience p = 1 .. (checks - 1): no tau, no quantiles
+            patience = np.arange(1, max(int(schedule.sum()), 1), dtype=np.float32)
+            thresholds = np.concatenate([patience, np.array([np.inf], np.float32)])
+        else:
+            thresholds = metrics.sweep_thresholds(
+                m[:-1, calibration_sample], int(params["thresholds"])
+            )
+        sums = metrics.threshold_sweep(m, thresholds, _costs_of(steps, name), docs.unit, docs.count)
         del m
-        _measure_policy(out, name, thresholds, sums, docs, flops, num_layers, targets)
+        if flops is not None:
+            sums["cost"] = sums.pop(f"cost_{MEASURE_CHECKS[name]}")
+            sums["cost_zero_check"] = sums.pop("cost_none")
+        calibration = str(params["calibration"])
+        _measure_policy(out, name, thresholds, sums, docs, flops, num_layers, targets, calibration)
+    for alias, name in metrics.MEASURE_ALIASES.items():  # old names stay readable
+        for table in (out.policies, out.sweeps, out.auc):
+            table[alias] = table[name]
     return out
+
+
+def _costs_of(steps: metrics.SweepSteps, name: str) -> metrics.SweepSteps:
+    """``steps`` with only the FLOP costs measure ``name`` needs: its own check's
+    and the zero-check-cost bound's."""
+    keep = {"agree", "correct", f"cost_{MEASURE_CHECKS[name]}", "cost_none"}
+    return dataclasses.replace(
+        steps,
+        first={k: v for k, v in steps.first.items() if k in keep},
+        layer_steps={k: v for k, v in steps.layer_steps.items() if k in keep},
+        linear={k: v for k, v in steps.linear.items() if k in keep},
+    )
 
 
 def _measure_policy(
@@ -435,8 +519,11 @@ def _measure_policy(
     flops: FlopModel | None,
     num_layers: int,
     targets: Sequence[float],
+    calibration: str = "bound",
 ) -> None:
     """Fill ``out`` for measure ``name`` from its sweep ``sums`` (document sums per threshold)."""
+    if calibration not in ("point", "bound"):
+        raise ScoreError(f"score.calibration must be 'point' or 'bound', got {calibration!r}")
     L = num_layers
     heldout, w_held = docs.heldout, docs.heldout_weights
     n_held, n_gold_held = docs.n_tokens[heldout], docs.n_gold[heldout]
@@ -464,26 +551,41 @@ def _measure_policy(
         "calibration": float(metrics.consistency_savings_auc(cal["savings"], cal["consistency"])),
     }
     out.policies[name] = {}
+    cal_mask = docs.calibration
+    bound = metrics.consistency_lower_bound(
+        sums["agree"][cal_mask],
+        docs.n_tokens[cal_mask],
+        docs.calibration_weights,
+        CALIBRATION_LEVEL,
+    )
     for target in targets:
-        k = metrics.choose_threshold(cal["savings"], cal["consistency"], target)
+        gate = bound if calibration == "bound" else None
+        k = metrics.choose_threshold(cal["savings"], cal["consistency"], target, gate)
         key = _target_key(target)
         out.calibration.setdefault(key, {})[name] = (
             float(cal["savings"][k]),
             float(cal["consistency"][k]),
         )
         col = {q: v[heldout, k] for q, v in sums.items() if q != "tokens"}
+        consistency = _ratio(col["agree"], n_held, w_held)
         out.policies[name][key] = {
             "threshold": float(shown[k]),
-            "calibration": {q: float(v[k]) for q, v in cal.items()},
+            "calibration": {
+                **{q: float(v[k]) for q, v in cal.items()},
+                "consistency_lower_bound": float(bound[k]),
+            },
             "savings": _ratio(n_held * L - col["exit_layer"], n_held * L, w_held),
-            "consistency": _ratio(col["agree"], n_held, w_held),
+            "consistency": consistency,
+            "target_met": bool(consistency["estimate"] >= target - 1e-12),
             "accuracy": _ratio(col["correct"], n_gold_held, w_held),
-            "net_flop_savings": (
-                _ratio(n_held * flops.full - col["cost"], n_held * flops.full, w_held)
-                if flops is not None
-                else _NAN_CI
-            ),
+            "net_flop_savings": _NAN_CI,
+            "net_flop_savings_zero_check": _NAN_CI,
         }
+        if flops is not None:
+            full, policy = n_held * flops.full, out.policies[name][key]
+            policy["net_flop_savings"] = _ratio(full - col["cost"], full, w_held)
+            zero_check = full - col["cost_zero_check"]
+            policy["net_flop_savings_zero_check"] = _ratio(zero_check, full, w_held)
 
 
 # ---------------------------------------------------------------- 6. outputs
@@ -494,9 +596,12 @@ def assemble_headline(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The headline numbers and the measure behind each.
 
-    Per target (``savings_at_99``, ``net_flop_savings_at_99``, ...): the
-    held-out policy of the measure with the highest calibration (savings,
-    consistency); ``consistency_savings_auc``: the held-out AUC of the measure
+    Per target (``savings_at_99``, ``net_flop_savings_at_99``,
+    ``zero_check_net_flop_savings_at_99``, ``consistency_at_99``,
+    ``target_met_at_99``, ...): the held-out policy of the measure with the
+    highest calibration (savings, consistency); ``target_met_at_99`` is
+    whether its held-out consistency estimate reaches the target.
+    ``consistency_savings_auc``: the held-out AUC of the measure
     with the highest calibration AUC. Ties go to the earlier measure of
     :data:`metrics.MEASURES`. Returns ``(headline, best_measure)``.
     """
@@ -511,8 +616,13 @@ def assemble_headline(
         chosen = policies.calibration[key]
         best = max(metrics.MEASURES, key=lambda n: (*chosen[n], order(n)))
         best_measure[key] = best
-        headline[f"savings_at_{suffix}"] = policies.policies[best][key]["savings"]
-        headline[f"net_flop_savings_at_{suffix}"] = policies.policies[best][key]["net_flop_savings"]
+        policy = policies.policies[best][key]
+        headline[f"savings_at_{suffix}"] = policy["savings"]
+        headline[f"net_flop_savings_at_{suffix}"] = policy["net_flop_savings"]
+        zero_check = policy.get("net_flop_savings_zero_check", _NAN_CI)
+        headline[f"zero_check_net_flop_savings_at_{suffix}"] = zero_check
+        headline[f"consistency_at_{suffix}"] = policy.get("consistency", _NAN_CI)
+        headline[f"target_met_at_{suffix}"] = policy.get("target_met")
     best_auc = max(metrics.MEASURES, key=lambda n: (policies.auc[n]["calibration"], order(n)))
     best_measure["auc"] = best_auc
     headline["consistency_savings_auc"] = policies.auc[best_auc]["heldout"]
@@ -605,7 +715,7 @@ def summary_dict(
         "policies": policies.policies,
         "auc": policies.auc,
         "sweeps": policies.sweeps,
-        "measures": {name: MEASURE_RULES[name] for name in metrics.MEASURES},
+        "measures": {name: MEASURE_RULES[name] for name in MEASURE_RULES},
         "distributions": {
             "layers": list(range(1, L + 1)),
             "saturation_count": oracle.saturation_count[1:].tolist(),
@@ -618,6 +728,10 @@ def summary_dict(
             "consistency_targets": [float(t) for t in targets],
             "thresholds": int(params["thresholds"]),
             "patience": int(params["patience"]),
+            "check_every": int(params["check_every"]),
+            "min_exit_layer": int(params["min_exit_layer"]),
+            "state_cost": str(params["state_cost"]),
+            "calibration": str(params["calibration"]),
             "seed": int(seed),
             "seq_len": None if params.get("seq_len") is None else int(params["seq_len"]),
         },
@@ -646,7 +760,8 @@ def score_arrays(
     :func:`exit_policies`, then :func:`scores_table` and :func:`summary_dict`
     (with :func:`assemble_headline`). In short, over tokens t and documents d
     (the bootstrap unit): per-layer agreement / accuracy / confidence means
-    with 95% CIs; ``oracle_savings = 1 - E[e_sat] / L``; threshold policies
+    with 95% CIs; ``savings_first = 1 - E[e_first] / L`` and
+    ``savings_settled = oracle_savings = 1 - E[e_sat] / L``; threshold policies
     chosen on calibration documents and reported on held-out ones; net FLOP
     savings ``1 - E[cost(e)] / full``.
 
@@ -668,8 +783,8 @@ def score_arrays(
     agree, correct = agreement_masks(arrays)
     curves = layer_curves(arrays, docs, agree, correct)
     agree, correct = agree[first_exit:], correct[first_exit:]  # exits: layers 1..L only
-    oracle = oracle_exits(agree, correct, docs, flops)
-    policies = exit_policies(arrays, agree, correct, docs, flops, oracle.costs, params)
+    oracle = oracle_exits(agree, correct, docs, flops, str(params["state_cost"]))
+    policies = exit_policies(arrays, agree, correct, docs, flops, params)
     table = scores_table(arrays, curves, oracle, model, workload)
     warnings = study_warnings(docs, n_windows, _requested_windows(params))
     for warning in warnings:
@@ -698,7 +813,8 @@ def _rates(
 ) -> dict[str, np.ndarray]:
     """Savings, consistency, accuracy (and net FLOP savings) of a sweep over the
     documents in ``mask``: ``S = 1 - sum e / (n L)``, ``C = sum 1[yhat_e = yhat] / n``,
-    ``A = sum 1[yhat_e = gold] / n_gold``, ``N = 1 - sum cost(e) / (n full)``."""
+    ``A = sum 1[yhat_e = gold] / n_gold``, ``N = 1 - sum cost(e) / (n full)`` with the
+    measure's own check cost, and N with zero check cost (``net_flop_savings_zero_check``)."""
     n = n_tok[mask].sum()
     with np.errstate(all="ignore"):
         out = {
@@ -706,11 +822,15 @@ def _rates(
             "consistency": sums["agree"][mask].sum(0) / n,
             "accuracy": sums["correct"][mask].sum(0) / n_gold[mask].sum(),
         }
-        out["net_flop_savings"] = (
-            1 - sums["cost"][mask].sum(0) / (n * flops.full)
-            if flops is not None
-            else np.full(out["savings"].shape, np.nan)
-        )
+        for column, cost in [
+            ("net_flop_savings", "cost"),
+            ("net_flop_savings_zero_check", "cost_zero_check"),
+        ]:
+            out[column] = (
+                1 - sums[cost][mask].sum(0) / (n * flops.full)
+                if flops is not None
+                else np.full(out["savings"].shape, np.nan)
+            )
     return out
 
 
@@ -822,10 +942,12 @@ def score_files(
     table, summary = score_lens(lens_paths, tokens_path, model_info, params, seed, workload)
     write_scores(table, summary, parquet_path, json_path, provenance)
     log.info(
-        "%s / %s: oracle savings %.3f, savings@99 %.3f, @95 %.3f over %d tokens, %d documents",
+        "%s / %s: S_first %.3f, S_settled %.3f, savings@99 %.3f, @95 %.3f over %d tokens, "
+        "%d documents",
         summary["model"],
         summary["workload"],
-        summary["headline"]["oracle_savings"]["estimate"],
+        summary["headline"]["savings_first"]["estimate"],
+        summary["headline"]["savings_settled"]["estimate"],
         summary["headline"]["savings_at_99"]["estimate"],
         summary["headline"]["savings_at_95"]["estimate"],
         summary["n_tokens"],

@@ -27,6 +27,10 @@ rule score:
         consistency_targets=config["score"]["consistency_targets"],
         thresholds=config["score"]["thresholds"],
         patience=config["score"]["patience"],
+        check_every=config["score"]["check_every"],
+        min_exit_layer=config["score"]["min_exit_layer"],
+        state_cost=config["score"]["state_cost"],
+        calibration=config["score"]["calibration"],
         seq_len=config["tokenize"]["seq_len"],
         seed=config["seed"],
     script:

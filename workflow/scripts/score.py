@@ -3,7 +3,17 @@
 from exitbench import logs, provenance, score
 
 # the config's score: settings, passed one by one as params (each changes the numbers)
-SETTINGS = ("bootstrap", "calibration_fraction", "consistency_targets", "thresholds", "patience")
+SETTINGS = (
+    "bootstrap",
+    "calibration_fraction",
+    "consistency_targets",
+    "thresholds",
+    "patience",
+    "check_every",
+    "min_exit_layer",
+    "state_cost",
+    "calibration",
+)
 
 logs.setup(snakemake.log[0])
 workload_info = provenance.read_json(snakemake.input.workload)
