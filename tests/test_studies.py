@@ -17,6 +17,7 @@ import yaml
 from exitbench.config import validate_config
 from exitbench.registry import fill_metadata, load_registry, registry_record
 from exitbench.resources import extract_resources
+from exitbench.selection import SIZE_BANDS, size_band
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "studies" / "paper.yaml"
@@ -77,10 +78,17 @@ def test_study_covers_the_axes(study, registry):
     releases = sorted(entry["release"] for entry in models.values())
     assert releases[0] < "2020" and releases[-1] >= "2025"
 
-    pairs = {name: entry["base_model"] for name, entry in models.items() if "base_model" in entry}
+    pairs = {
+        name: entry["base_model"]
+        for name, entry in models.items()
+        if "base_model" in entry and not entry.get("control")
+    }
     assert pairs, "at least one base/tuned pair"
     for tuned, base in pairs.items():
         assert models[tuned]["tuning"] == "tuned" and models[base]["tuning"] == "base"
+    for name, entry in models.items():
+        if entry.get("control"):  # a positive control sits beside its base
+            assert models[entry["base_model"]]["tuning"] == "base", name
 
     runs: dict[str, list[int]] = {}
     for name, entry in models.items():
@@ -98,9 +106,14 @@ def test_study_covers_the_axes(study, registry):
         assert len(steps) == len(set(steps)) >= 4, run
 
 
+# Models of studies/paper.yaml: the dry run plans one describe_model job per model and
+# (models x 4 workloads) tokenize/score jobs, x 2 shards of extract jobs.
+PAPER_MODELS = 130
+
+
 def test_paper_scope(registry):
     models = filled(PAPER, registry)["models"]
-    assert len(models) >= 80
+    assert len(models) == PAPER_MODELS
     assert max(entry["total_params"] for entry in models.values()) >= 7e10
     pythia = [e for e in models.values() if e.get("checkpoint_of") == "pythia-410m"]
     assert 6 <= len(pythia) <= 8
@@ -110,6 +123,46 @@ def test_paper_scope(registry):
         assert family in families, family
     for generation in ("Mamba-1", "Mamba-2", "Falcon-Mamba", "Jamba-1", "Zamba2", "Mixtral"):
         assert generation in {entry["generation"] for entry in models.values()}, generation
+
+
+def test_paper_positive_controls(registry):
+    """Meta's LayerSkip checkpoints beside their bases, marked as controls (issue 14)."""
+    models = filled(PAPER, registry)["models"]
+    controls = {name: entry for name, entry in models.items() if entry.get("control")}
+    assert {name: entry["base_model"] for name, entry in controls.items()} == {
+        "layerskip-llama2-7b": "llama-2-7b",
+        "layerskip-llama2-13b": "llama-2-13b",
+        "layerskip-llama3-8b": "llama-3-8b",
+        "layerskip-llama3.2-1b": "llama-3.2-1b",
+    }
+    for name, entry in controls.items():
+        assert entry["hf_id"].startswith("facebook/layerskip-"), name
+        assert entry["gated"] is True and entry["tuning"] == "base", name
+        assert entry["total_params"] == models[entry["base_model"]]["total_params"], name
+    assert not any(entry.get("control") for entry in load(SINGLE_GPU)["models"].values())
+
+
+def test_paper_generations_are_size_balanced(registry):
+    """Qwen1.5, Qwen2, Qwen2.5 and the Llama-3.x generations each reach 70-72B; the 2021-2023
+    gap holds GPT-J, GPT-NeoX-20B and Falcon-7B; every size band holds several generations."""
+    models = filled(PAPER, registry)["models"]
+    largest: dict[str, float] = {}
+    for entry in models.values():
+        if not entry.get("control") and "checkpoint_of" not in entry:
+            generation = entry["generation"]
+            largest[generation] = max(largest.get(generation, 0.0), entry["total_params"])
+    for generation in ("Qwen1.5", "Qwen2", "Qwen2.5", "Llama-2", "Llama-3", "Llama-3.1"):
+        assert largest[generation] >= 6.9e10, generation
+    hub_types = {registry_record(registry, e["hf_id"])["model_type"] for e in models.values()}
+    assert {"gptj", "gpt_neox", "falcon"} <= hub_types
+    gap = {e["hf_id"] for e in models.values() if "2020" < e["release"] < "2023-07"}
+    assert {"EleutherAI/gpt-j-6b", "EleutherAI/gpt-neox-20b", "tiiuae/falcon-7b"} <= gap
+    bands: dict[str, set[str]] = {}
+    for entry in models.values():
+        band = size_band(entry["total_params"], entry.get("active_params"))
+        bands.setdefault(band, set()).add(entry["generation"])
+    assert set(bands) == {label for label, _ in SIZE_BANDS}
+    assert all(len(generations) >= 5 for generations in bands.values()), bands
 
 
 def lower_bound_gb(entry: dict, record: dict, config: dict) -> float:
@@ -243,6 +296,10 @@ def test_dry_run_plans_the_expected_jobs(study, registry, tmp_path):
     shards = [(m, w, str(k)) for m, w in pairs for k in range(SHARDS[study])]
     assert sorted(keys("extract", "model", "workload", "shard")) == sorted(shards)
     assert len(by_rule["aggregate"]) == len(by_rule["figures"]) == 1
+    if study == PAPER:  # the job count, written out: 130 models x 4 workloads x 2 shards
+        assert len(models) == PAPER_MODELS
+        assert len(by_rule["extract"]) == PAPER_MODELS * 4 * 2 == 1040
+        assert len(by_rule["score"]) == len(by_rule["tokenize"]) == PAPER_MODELS * 4
 
     # each extract job asks for what exitbench.resources derives from the study's settings
     for job in by_rule["extract"]:
