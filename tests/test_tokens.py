@@ -242,3 +242,34 @@ def test_prompt_is_separated_from_text_by_a_newline():
         {"doc_id": ["a", "b", "c"], "text": ["x", "y", "z"], "prompt": ["Q?", "Q: ", None]}
     )
     assert _document_texts(frame) == ["Q?\nx", "Q: y", "z"]
+
+
+def test_default_study_scores_at_least_40_heldout_documents_per_workload(gpt2_like):
+    """Issue 9 item 8: the default config's workloads, windowed as its tokenize stage does,
+    give every document a window and >= 40 held-out documents to score's split."""
+    from pathlib import Path
+
+    from exitbench import config, metrics, score
+
+    root = Path(__file__).resolve().parents[1]
+    study = config.validate_config(config.load_yaml_strict(root / "config.yaml"))
+    settings, scoring = study["tokenize"], study["score"]
+    # at most ~1.5x the tokens of the former 32 windows of 128 per (model, workload)
+    assert settings["seq_len"] * settings["max_sequences"] <= 1.5 * 32 * 128
+    assert config.n_lens_shards(study) == 1
+    for name, spec in study["workloads"].items():
+        documents, info = workloads.load_documents(name, spec, study["seed"])
+        # pieces of held-out source documents only (the zoo trained on none of them)
+        sources = {doc_id.rpartition("#")[0] for doc_id in documents["doc_id"]}
+        fraction = study["zoo"]["heldout_fraction"]
+        assert all(workloads.split_of(s, fraction, study["seed"]) == "heldout" for s in sources)
+        assert info["split_into"] != "none" and info["n_source_docs"] == len(sources)
+        table = tokenize_documents(
+            documents, gpt2_like, settings["seq_len"], settings["max_sequences"], settings["mode"]
+        )
+        doc_ids = sorted(set(table.column("doc_id").to_pylist()))
+        assert len(doc_ids) == table.num_rows == settings["max_sequences"]  # one window each
+        calibration = metrics.split_documents(
+            doc_ids, scoring["calibration_fraction"], study["seed"]
+        )
+        assert int((~calibration).sum()) >= max(40, score.MIN_CI_DOCUMENTS), name

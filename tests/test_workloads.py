@@ -220,3 +220,108 @@ def test_non_utf8_file_names_the_file_and_the_key(tmp_path, suffix):
         f"config key 'workloads.f.path': {path} is not UTF-8 text (byte 0xe9 at offset "
     )
     assert "re-encode the file as UTF-8" in str(error.value)
+
+
+# --------------------------------------------------------------------------- split_into
+
+DOC_TEXT = (
+    "Title\n*****\n\nFirst paragraph, long enough.\n\nok\n\n"
+    "Sub section\n===========\n\nLast paragraph here."
+)
+MODULE = (
+    '"""Doc."""\nimport os\n\n\n@decorator\ndef f():\n    return 1\n\nX = 2\n\n'
+    "class C:\n    def g(self):\n        pass\n"
+)
+
+
+def test_split_text_sections_paragraphs_definitions():
+    assert workloads.split_text(DOC_TEXT, "none") == [DOC_TEXT]
+    assert workloads.split_text(DOC_TEXT, "sections") == [
+        "Title\n*****\n\nFirst paragraph, long enough.\n\nok",
+        "Sub section\n===========\n\nLast paragraph here.",
+    ]
+    assert workloads.split_text(DOC_TEXT, "paragraphs") == [
+        "Title\n*****",
+        "First paragraph, long enough.",
+        "ok",
+        "Sub section\n===========",
+        "Last paragraph here.",
+    ]
+    # min_chars 12: "Title\n*****" (11 chars) joins the next; "ok" too; the short tail
+    # "Last paragraph here." (20) stands, "Sub section\n===" (23) stands
+    assert workloads.split_text(DOC_TEXT, "paragraphs", min_chars=12) == [
+        "Title\n*****\n\nFirst paragraph, long enough.",
+        "ok\n\nSub section\n===========",
+        "Last paragraph here.",
+    ]
+    # a tail shorter than min_chars joins the piece before it
+    assert workloads.split_text("a long first block\n\nb", "paragraphs", min_chars=5) == [
+        "a long first block\n\nb"
+    ]
+    # the module preamble, each definition from its first decorator, the code after it
+    assert workloads.split_text(MODULE, "definitions") == [
+        '"""Doc."""\nimport os',
+        "@decorator\ndef f():\n    return 1\n\nX = 2",
+        "class C:\n    def g(self):\n        pass",
+    ]
+    # pieces keep every non-blank line of the document, in order
+    for mode in ("sections", "paragraphs", "definitions"):
+        pieces = workloads.split_text(MODULE, mode)
+        assert "\n".join(pieces).replace("\n", "") == MODULE.replace("\n", "")
+    # text that is not Python stays whole
+    assert workloads.split_text("def (:\n  x", "definitions") == ["def (:\n  x"]
+
+
+def test_split_into_cuts_after_the_heldout_split(tmp_path):
+    texts = [
+        f"paragraph {i} of {d}\n\nsecond of {d}\n\nthird of {d}" for i, d in enumerate(IDS[:60])
+    ]
+    path = tmp_path / "docs.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": d, "text": t}) + "\n" for d, t in zip(IDS[:60], texts, strict=True)
+        )
+    )
+    spec = {"source": "file", "path": str(path), "subset": "heldout", "heldout_fraction": 0.3}
+    whole, whole_info = load_documents("w", spec, seed=0)
+    assert "n_pieces" not in whole_info and whole_info["split_into"] == "none"
+    pieces, info = load_documents("w", {**spec, "split_into": "paragraphs"}, seed=0)
+    # every piece is a paragraph of a held-out document: none from a training document
+    sources = [doc_id.rpartition("#")[0] for doc_id in pieces["doc_id"]]
+    assert set(sources) == set(whole["doc_id"])
+    assert all(workloads.split_of(s, 0.3, 0) == "heldout" for s in sources)
+    assert len(pieces) == 3 * len(whole) == info["n_pieces"] == info["n_docs"]
+    first = whole["doc_id"][0]
+    assert list(pieces["doc_id"][:3]) == [f"{first}#0000", f"{first}#0001", f"{first}#0002"]
+    assert pieces["text"][1] == f"second of {first}"
+    assert info["n_docs_subset"] == info["n_source_docs"] == len(whole)
+    assert info["split_into"] == "paragraphs" and info["min_chars"] == 0
+    # max_docs samples pieces (from many source documents), not source documents
+    sampled, sampled_info = load_documents(
+        "w", {**spec, "split_into": "paragraphs", "max_docs": 10}, seed=0
+    )
+    assert len(sampled) == 10 and set(sampled["doc_id"]) <= set(pieces["doc_id"])
+    assert sampled_info["n_source_docs"] == len({d.rpartition("#")[0] for d in sampled["doc_id"]})
+    with pytest.raises(WorkloadError, match=r"'workloads.w.split_into': expected one of"):
+        load_documents("w", {**spec, "split_into": "words"}, seed=0)
+    with pytest.raises(WorkloadError, match=r"'workloads.w.min_chars'"):
+        load_documents("w", {**spec, "split_into": "paragraphs", "min_chars": -1}, seed=0)
+
+
+def test_split_into_in_the_config_schema():
+    from exitbench.config import ConfigError, validate_config
+
+    def study(**workload):
+        return {
+            "models": {"m": {"path": "x", "family": "f"}},
+            "workloads": {"w": {"source": "embedded", "name": "python-docs", **workload}},
+        }
+
+    # absent keys stay absent (rule params, and so results, of other studies are unchanged)
+    assert "split_into" not in validate_config(study())["workloads"]["w"]
+    spec = validate_config(study(split_into="definitions", min_chars=40))["workloads"]["w"]
+    assert (spec["split_into"], spec["min_chars"]) == ("definitions", 40)
+    with pytest.raises(ConfigError, match=r"'workloads.w.split_into': 'words' is not one of"):
+        validate_config(study(split_into="words"))
+    with pytest.raises(ConfigError, match=r"'workloads.w.min_chars'"):
+        validate_config(study(split_into="paragraphs", min_chars=-1))

@@ -28,6 +28,14 @@ Then, in this order:
    that does not depend on input order;
 4. rows are sorted by ``doc_id``.
 
+With ``split_into`` (``sections``, ``paragraphs`` or ``definitions``; default
+``none``), step 2 is followed by cutting each kept document into pieces
+(:func:`split_documents`), and ``max_docs`` then samples pieces: a piece is
+one document of the workload (the bootstrap unit), with doc_id
+``{source doc_id}#{index:04d}``. The held-out/train split is taken on whole
+source documents before the cut, so no piece of a held-out workload comes
+from a document the zoo trained on.
+
 The corpus hash (``corpus_sha256``) is taken over all loaded documents before
 steps 1-4: sha256 of, for each document sorted by doc_id,
 ``doc_id + "\\x1f" + (prompt or "") + "\\x1f" + text + "\\x1e"`` (UTF-8).
@@ -57,6 +65,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_CORPORA = ("python-docs", "python-code")
 SUBSETS = ("all", "train", "heldout")
+SPLIT_INTO = ("none", "sections", "paragraphs", "definitions")
 FILE_FORMATS = (".txt", ".jsonl", ".parquet")
 ID_FIELDS = ("doc_id", "id")  # first one present names the documents of jsonl/parquet/hub data
 # With max_docs, a hub split is read only up to its first max_docs * HUB_ROWS_PER_DOC rows.
@@ -132,6 +141,106 @@ def _frame(doc_ids: list[str], texts: list, prompts: list | None = None) -> pd.D
             ),
         }
     )
+
+
+# --------------------------------------------------------------------------- pieces
+
+# A heading: a line of text underlined by a line of one repeated punctuation character
+# (reStructuredText / pydoc topics: "*****", "=====", "-----", ...).
+_HEADING = re.compile(r"^[^\n]*\S[^\n]*\n([*=\-~^\"#+'`])\1{2,}[ \t]*$", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
+_DEFINITIONS = ("FunctionDef", "AsyncFunctionDef", "ClassDef")
+
+
+def _section_starts(text: str) -> list[int]:
+    """Offsets where a section starts: each heading's title line."""
+    return [match.start() for match in _HEADING.finditer(text)]
+
+
+def _paragraph_starts(text: str) -> list[int]:
+    """Offsets where a paragraph (a block after one or more blank lines) starts."""
+    return [match.end() for match in _BLANK_LINES.finditer(text)]
+
+
+def _definition_starts(text: str) -> list[int]:
+    """Offsets of each top-level ``def``/``class`` of Python source (its first decorator
+    included); none when the text does not parse as Python."""
+    import ast
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    line_offsets = [0]
+    for line in text.split("\n")[:-1]:
+        line_offsets.append(line_offsets[-1] + len(line) + 1)
+    starts = []
+    for node in tree.body:
+        if type(node).__name__ in _DEFINITIONS:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            if first - 1 < len(line_offsets):
+                starts.append(line_offsets[first - 1])
+    return starts
+
+
+def split_text(text: str, split_into: str, min_chars: int = 0) -> list[str]:
+    """Pieces of one document (see :func:`split_documents` for the rules)."""
+    if split_into == "none":
+        return [text]
+    finder = {
+        "sections": _section_starts,
+        "paragraphs": _paragraph_starts,
+        "definitions": _definition_starts,
+    }.get(split_into)
+    if finder is None:
+        raise WorkloadError(
+            f"split_into must be one of {', '.join(SPLIT_INTO)}, got {split_into!r}"
+        )
+    cuts = sorted({0, *(start for start in finder(text) if 0 < start < len(text)), len(text)})
+    pieces: list[str] = []
+    pending = ""
+    for start, end in zip(cuts[:-1], cuts[1:], strict=True):
+        pending += text[start:end]
+        if len(pending.strip()) >= min_chars:
+            pieces.append(pending)
+            pending = ""
+    if pending:  # a short tail joins the piece before it
+        if pieces:
+            pieces[-1] += pending
+        else:
+            pieces.append(pending)
+    return [piece.strip("\n") for piece in pieces if piece.strip()]
+
+
+def split_documents(df: pd.DataFrame, split_into: str, min_chars: int = 0) -> pd.DataFrame:
+    """Each document cut into pieces, each piece a document ``{doc_id}#{index:04d}``.
+
+    - ``sections``: cut before each heading (a text line underlined by a line of
+      one repeated punctuation character, as in the Python docs);
+    - ``paragraphs``: cut after each run of blank lines;
+    - ``definitions``: cut before each top-level ``def``/``class`` of Python
+      source (decorators included), so a piece is one definition with the
+      module-level code after it, and the code before the first one (docstring,
+      imports) is a piece of its own; text that does not parse stays whole;
+    - a piece shorter than ``min_chars`` characters (blank lines aside) is
+      joined to the next one (the last to the one before it); pieces keep the
+      document's text, blank lines at their ends stripped, and its prompt.
+
+    ``none`` returns ``df`` unchanged.
+    """
+    if split_into == "none":
+        return df
+    doc_ids, texts, prompts = [], [], []
+    has_prompt = "prompt" in df
+    for row in df.itertuples(index=False):
+        pieces = split_text(row.text, split_into, min_chars)
+        doc_ids += [f"{row.doc_id}#{index:04d}" for index in range(len(pieces))]
+        texts += pieces
+        prompts += [row.prompt if has_prompt else None] * len(pieces)
+    return _frame(doc_ids, texts, prompts)
 
 
 # --------------------------------------------------------------------------- embedded
@@ -473,7 +582,18 @@ def load_documents(name: str, spec: dict, seed: int = 0) -> tuple[pd.DataFrame, 
     subset = spec.get("subset", "all")
     fraction = spec.get("heldout_fraction", 0.2)
     max_docs = spec.get("max_docs")
+    split_into = spec.get("split_into", "none")
+    min_chars = spec.get("min_chars", 0)
     key = f"workloads.{name}"
+    if split_into not in SPLIT_INTO:
+        raise WorkloadError(
+            f"config key '{key}.split_into': expected one of {', '.join(SPLIT_INTO)}, "
+            f"got {split_into!r}"
+        )
+    if not isinstance(min_chars, int) or isinstance(min_chars, bool) or min_chars < 0:
+        raise WorkloadError(
+            f"config key '{key}.min_chars': expected a non-negative integer, got {min_chars!r}"
+        )
     if subset not in SUBSETS:
         raise WorkloadError(
             f"config key '{key}.subset': expected one of {', '.join(SUBSETS)}, got {subset!r}"
@@ -490,7 +610,8 @@ def load_documents(name: str, spec: dict, seed: int = 0) -> tuple[pd.DataFrame, 
     corpus, source_info = _load_source(name, spec)
     nonempty = corpus.loc[corpus["text"].map(lambda text: bool(text.strip())).astype(bool)]
     chosen = select_subset(nonempty, subset, fraction, seed)
-    documents = chosen if max_docs is None else sample_documents(chosen, max_docs, seed)
+    pieces = split_documents(chosen, split_into, min_chars)
+    documents = pieces if max_docs is None else sample_documents(pieces, max_docs, seed)
     documents = documents.sort_values("doc_id", kind="stable").reset_index(drop=True)
     counts = {
         "n_docs_corpus": len(corpus),
@@ -498,6 +619,9 @@ def load_documents(name: str, spec: dict, seed: int = 0) -> tuple[pd.DataFrame, 
         "n_docs_subset": len(chosen),
         "n_docs": len(documents),
     }
+    if split_into != "none":
+        counts["n_pieces"] = len(pieces)
+        counts["n_source_docs"] = len({doc_id.rpartition("#")[0] for doc_id in documents["doc_id"]})
     if documents.empty:
         raise WorkloadError(
             f"workload {name!r}: no documents left ({counts['n_docs_corpus']} loaded, "
@@ -512,6 +636,8 @@ def load_documents(name: str, spec: dict, seed: int = 0) -> tuple[pd.DataFrame, 
         "subset": subset,
         "heldout_fraction": fraction,
         "max_docs": max_docs,
+        "split_into": split_into,
+        "min_chars": min_chars,
         "seed": seed,
         "corpus_sha256": documents_sha256(corpus),
         "workload_sha256": documents_sha256(documents),
