@@ -22,6 +22,7 @@ include: "workflow/rules/describe_model.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/decode.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/unknown_target.smk"
@@ -42,3 +43,4 @@ rule all:
         "results/summary.parquet",
         "results/summary.csv",
         expand("figures/{figure}.{ext}", figure=FIGURES, ext=["pdf", "png"]),
+        decode_outputs(),
