@@ -42,7 +42,7 @@ from exitbench.architectures import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LogitLens", "apply_post_head"]
+__all__ = ["LogitLens", "TunedLens", "apply_post_head"]
 
 
 def apply_post_head(post_head: PostHead, logits: torch.Tensor, value: float) -> torch.Tensor:
@@ -198,3 +198,77 @@ class LogitLens:
 
 def _to(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
     return tensor if device is None or tensor.device == device else tensor.to(device)
+
+
+class TunedLens:
+    """The tuned lens (Belrose et al. 2023): a learned affine translator per layer, then the
+    logit lens's own decode.
+
+        tuned_l(h_l) = decode_l(h_l + A_l h_l + b_l)    for l < L
+        tuned_L(h_L) = decode_L(h_L)                    (the identity: the model's own logits)
+
+    ``translators`` holds one ``Linear(d, d)`` (weight A_l, bias b_l) per entry of
+    ``outputs.hidden_states`` but the last, indexed as tuned-lens indexes them: translator i
+    acts on ``hidden_states[i]`` (= h_i where the model has an embedding entry; h_{i+1} for
+    the Mamba family). With A = 0 and b = 0 the tuned lens is the logit lens, bit for bit.
+    """
+
+    def __init__(self, lens: LogitLens, translators: torch.nn.ModuleList) -> None:
+        if len(translators) != lens.num_layers:
+            raise ValueError(
+                f"{len(translators)} translators for {lens.model_type!r} with "
+                f"{lens.num_layers} layers; the tuned lens needs one per layer 0..L-1"
+            )
+        self.logit = lens
+        self.translators = translators
+        self.num_layers = lens.num_layers
+        self.layer_numbers = lens.layer_numbers
+
+    def __repr__(self) -> str:
+        return f"TunedLens({self.logit!r})"
+
+    def translator_index(self, layer: int) -> int | None:
+        """Which translator acts on layer ``layer`` (its ``hidden_states`` index); None at L."""
+        self.logit._check_layer(layer)
+        if layer == self.num_layers:
+            return None
+        return layer if self.logit.spec.embedding_entry else layer - 1
+
+    def translate(self, hidden: torch.Tensor, index: int) -> torch.Tensor:
+        """h + A h + b with translator ``index``, in the translator's dtype, back in h's dtype."""
+        translator = self.translators[index]
+        weight = translator.weight
+        if weight.device != hidden.device:
+            translator.to(hidden.device)
+        return hidden + translator(hidden.to(weight.dtype)).to(hidden.dtype)
+
+    def translate_states(self, hidden_states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """``hidden_states`` with translator i applied to entry i (all but the last).
+
+        The logit lens on the translated states is the tuned lens, so extraction runs its
+        per-layer reduction unchanged on them (one forward pass serves both lenses).
+        """
+        last = len(hidden_states) - 1
+        return tuple(
+            state if index == last else self.translate(state, index)
+            for index, state in enumerate(hidden_states)
+        )
+
+    def hidden_state(self, hidden_states: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
+        """The translated h_layer (h_L unchanged)."""
+        hidden = self.logit.hidden_state(hidden_states, layer)
+        index = self.translator_index(layer)
+        return hidden if index is None else self.translate(hidden, index)
+
+    def decode(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Tuned-lens logits of an untranslated h_layer: ``LogitLens.decode`` of h + A h + b."""
+        index = self.translator_index(layer)
+        if index is not None:
+            hidden = self.translate(hidden, index)
+        return self.logit.decode(hidden, layer)
+
+    def forward_hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The untranslated hidden states (:meth:`LogitLens.forward_hidden_states`)."""
+        return self.logit.forward_hidden_states(input_ids, attention_mask)

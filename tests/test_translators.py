@@ -1,0 +1,246 @@
+"""Tuned-lens translators: zero = logit lens, training recovers a known linear map,
+determinism, the tuned-lens folder format, and refusals of lenses that do not fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import AutoModelForCausalLM
+
+from exitbench import extract, tables
+from exitbench import translators as tr
+from exitbench.lens import LogitLens, TunedLens
+
+FAST = tr.TrainingSettings(steps=6, tokens_per_step=64)
+
+
+def _load(path: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def _windows(n: int, length: int, vocab: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab, size=length) for _ in range(n)]
+
+
+def _batch(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.as_tensor(np.stack(windows), dtype=torch.long)
+    return ids, torch.ones_like(ids)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "mamba2"])
+def test_zero_translators_give_the_logit_lens_exactly(tiny_model_dirs, kind):
+    model = _load(tiny_model_dirs[kind])
+    lens = LogitLens.from_model(model)
+    d_model, num_layers = tr.model_shape(lens)
+    tuned = TunedLens(lens, tr.zero_translators(d_model, num_layers))
+    vocab = model.config.vocab_size
+    input_ids, mask = _batch(_windows(2, 9, vocab, seed=1))
+    with torch.inference_mode():
+        states = lens.forward_hidden_states(input_ids, mask)
+        for layer in lens.layer_numbers:
+            hidden = lens.hidden_state(states, layer)
+            assert torch.equal(tuned.decode(hidden, layer), lens.decode(hidden, layer))
+        logit = extract.reduce_hidden_states(lens, states, input_ids, mask, top_k=3)
+        translated = extract.reduce_hidden_states(
+            lens, tuned.translate_states(states), input_ids, mask, top_k=3
+        )
+    for name in extract.FIELDS:
+        np.testing.assert_array_equal(translated[name], logit[name], err_msg=name)
+
+
+class _SyntheticLens(LogitLens):
+    """A tiny Llama whose layer-1 state is M z, z the final layer's (normed) state."""
+
+    mixing: torch.Tensor
+
+    def forward_hidden_states(self, input_ids, attention_mask=None):
+        states = list(super().forward_hidden_states(input_ids, attention_mask))
+        states[1] = states[-1] @ self.mixing.T
+        return tuple(states)
+
+
+def test_training_recovers_a_known_linear_map():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", 128)).eval()
+    with torch.no_grad():  # unit norm weight: norm(z) = z for the final state z
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.mul_(40.0)  # confident final predictions
+    lens = _SyntheticLens(model, LogitLens.from_model(model).spec)
+    generator = torch.Generator().manual_seed(3)
+    signs = torch.where(torch.rand(32, generator=generator) < 0.5, -1.0, 1.0)
+    lens.mixing = torch.eye(32)[torch.randperm(32, generator=generator)] * signs[:, None]
+    train = _windows(64, 16, 128, seed=5)
+    settings = tr.TrainingSettings(steps=200, tokens_per_step=256, learning_rate=1.0)
+    translators, log = tr.train_translators(lens, train, settings, seed=0)
+    tuned = TunedLens(lens, translators)
+    input_ids, mask = _batch(_windows(16, 16, 128, seed=99))  # held-out windows
+    with torch.no_grad():
+        states = lens.forward_hidden_states(input_ids, mask)
+        final = lens.decode(lens.hidden_state(states, 3), 3).argmax(-1)
+        logit = lens.decode(lens.hidden_state(states, 1), 1).argmax(-1)
+        tuned_top1 = tuned.decode(lens.hidden_state(states, 1), 1).argmax(-1)
+    logit_agreement = float((logit == final).float().mean())
+    tuned_agreement = float((tuned_top1 == final).float().mean())
+    assert logit_agreement < 0.05, logit_agreement  # measured 0.008
+    assert tuned_agreement > 0.85, (tuned_agreement, logit_agreement)  # measured 0.92
+    # KL(p_L || p_1) falls from 11.6 nats (the logit lens) to about 0.01
+    assert log[0]["kl_per_layer"]["1"] > 10.0
+    assert log[-1]["kl_per_layer"]["1"] < 0.05
+
+
+def test_training_is_deterministic_and_round_trips(tiny_model_dirs, tmp_path):
+    model = _load(tiny_model_dirs["llama"])
+    lens = LogitLens.from_model(model)
+    windows = _windows(12, 16, model.config.vocab_size, seed=2)
+    first, log_first = tr.train_translators(lens, windows, FAST, seed=7)
+    second, log_second = tr.train_translators(lens, windows, FAST, seed=7)
+    assert log_first[-1]["loss"] < log_first[0]["loss"]
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    assert any(bool(p.abs().sum() > 0) for p in first.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the model's flags restored
+    config = tr.lens_config(*tr.model_shape(lens), "tiny-llama")
+    one = tr.save_translators(first, config, tmp_path / "one", log_first)
+    two = tr.save_translators(second, config, tmp_path / "two", log_second)
+    assert (one / "params.pt").read_bytes() == (two / "params.pt").read_bytes()
+    saved = json.loads((one / "config.json").read_text())
+    assert saved["lens_type"] == "linear_tuned_lens"
+    assert (saved["d_model"], saved["num_hidden_layers"], saved["bias"]) == (32, 3, True)
+    state = torch.load(one / "params.pt", weights_only=True)
+    assert sorted(state) == sorted(f"{i}.{p}" for i in range(3) for p in ("weight", "bias"))
+
+    loaded = tr.load_tuned_lens(one, lens, "tiny-llama")
+    trained = TunedLens(lens, first)
+    input_ids, mask = _batch(_windows(2, 8, model.config.vocab_size, seed=4))
+    with torch.no_grad():
+        states = lens.forward_hidden_states(input_ids, mask)
+        for layer in lens.layer_numbers:
+            hidden = lens.hidden_state(states, layer)
+            assert torch.equal(loaded.decode(hidden, layer), trained.decode(hidden, layer))
+        # layer L keeps the identity: the model's own logits
+        assert torch.equal(loaded.decode(states[-1], 3), model(input_ids).logits)
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [({"hidden_size": 48}, "d_model=48"), ({"num_hidden_layers": 4}, "num_hidden_layers=4")],
+)
+def test_translators_of_another_model_are_refused(tiny_model_dirs, tmp_path, change, found):
+    model = _load(tiny_model_dirs["llama"])
+    lens = LogitLens.from_model(model)
+    folder = tr.save_translators(
+        tr.zero_translators(32, 3), tr.lens_config(32, 3, "tiny"), tmp_path / "lens"
+    )
+    config = tiny_config("llama", 64)
+    for key, value in change.items():
+        setattr(config, key, value)
+    other = LogitLens.from_model(AutoModelForCausalLM.from_config(config))
+    with pytest.raises(tr.TranslatorError) as err:
+        tr.load_translators(folder, other, "other")
+    message = str(err.value)
+    assert "d_model=32, num_hidden_layers=3" in message  # the lens's
+    assert found in message and "'other'" in message  # the model's
+    tr.load_translators(folder, lens, "tiny")  # its own model loads it
+
+
+def _bad_folder(tmp_path: Path, kind: str) -> Path:
+    folder = tr.save_translators(
+        tr.zero_translators(32, 3), tr.lens_config(32, 3, "tiny"), tmp_path / kind
+    )
+    config = json.loads((folder / "config.json").read_text())
+    if kind == "d_model":
+        config["d_model"] = 64
+    elif kind == "layers":
+        config["num_hidden_layers"] = 2
+    elif kind == "params":
+        (folder / "params.pt").unlink()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("d_model", "were made for d_model=64, num_hidden_layers=3, but model 'm' has d_model=32"),
+        ("layers", "were made for d_model=32, num_hidden_layers=2, but model 'm' has"),
+        ("params", "has no params.pt"),
+        ("missing", "does not exist"),
+    ],
+)
+def test_bad_tuned_lens_folder_one_message_no_output(tiny_model_dirs, tmp_path, kind, message):
+    folder = tmp_path / "missing" if kind == "missing" else _bad_folder(tmp_path, kind)
+    entry = {"path": str(tiny_model_dirs["llama"]), "tuned_lens": str(folder)}
+    out = tmp_path / "results" / "translators" / "m"
+    with pytest.raises(tr.TranslatorError, match="tuned") as err:
+        tr.build_translators("m", entry, out, FAST, seed=0, device="cpu")
+    assert message in str(err.value)
+    assert str(err.value).count("\n") == 0
+    assert not out.exists() and not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def _tokens(path: Path, docs: list[str]) -> Path:
+    table = pa.table(
+        {
+            "seq_id": pa.array(range(len(docs)), pa.int64()),
+            "doc_id": docs,
+            "input_ids": pa.array([[1, 2, 3, 4]] * len(docs), pa.list_(pa.int32())),
+            "n_tokens": pa.array([4] * len(docs), pa.int32()),
+        }
+    )
+    return tables.write_table(table, path, "tokens")
+
+
+def test_held_out_documents_in_the_training_split_are_refused(tiny_model_dirs, tmp_path):
+    docs = [f"d{i}" for i in range(8)]
+    one = _tokens(tmp_path / "a.parquet", docs)
+    # the same documents among others: the split ranks each workload's documents apart
+    two = _tokens(tmp_path / "b.parquet", docs + [f"e{i}" for i in range(8)])
+    windows, counts = tr.calibration_windows({"a": one}, 0.5, seed=0)
+    assert counts == {"windows": 4, "documents": 4}
+    with pytest.raises(tr.TranslatorError, match="held-out document"):
+        tr.calibration_windows({"a": one, "b": two}, 0.5, seed=0)
+    out = tmp_path / "translators" / "m"
+    with pytest.raises(tr.TranslatorError, match="held-out document"):
+        tr.build_translators(
+            "m",
+            {"path": str(tiny_model_dirs["llama"])},
+            out,
+            FAST,
+            seed=0,
+            tokens_paths={"a": one, "b": two},
+            device="cpu",
+        )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_the_tuned_lens_package_loads_ours(tiny_model_dirs, tmp_path, kind):
+    tuned_lens = pytest.importorskip(
+        "tuned_lens",
+        reason="tuned-lens not installed: `pip install --no-deps tuned-lens` (its own "
+        "requirements pull torchdata, wandb and datasets, which may replace torch)",
+    )
+    model = _load(tiny_model_dirs[kind])
+    lens = LogitLens.from_model(model)
+    windows = _windows(12, 16, model.config.vocab_size, seed=2)
+    translators, _ = tr.train_translators(lens, windows, FAST, seed=0)
+    folder = tr.save_translators(
+        translators, tr.lens_config(*tr.model_shape(lens), kind), tmp_path / "lens"
+    )
+    theirs = tuned_lens.TunedLens.from_model_and_pretrained(model, str(folder))
+    ours = TunedLens(lens, translators)
+    input_ids, mask = _batch(_windows(2, 8, model.config.vocab_size, seed=4))
+    with torch.no_grad():
+        states = lens.forward_hidden_states(input_ids, mask)
+        for index in range(lens.num_layers):
+            expected = theirs(states[index], idx=index)
+            torch.testing.assert_close(
+                ours.decode(states[index], index), expected, rtol=0, atol=1e-6
+            )
