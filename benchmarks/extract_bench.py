@@ -1,29 +1,35 @@
-"""Benchmark: exitbench's chunked lens reduction against a naive reference, side by side.
+"""Benchmark: exitbench's lens reduction beside its floor and a naive reference, side by side.
 
-Both run in one process on the same random, tiny-but-wide Llama (d=512, 8
-blocks = 9 lens layers 0..8) and the same tokens, for each vocabulary size:
+All methods run in one process on the same random, tiny-but-wide Llama (d=512,
+8 blocks = 9 lens layers 0..8) and the same tokens, for each vocabulary size:
 
+- **floor**: the work no lens can avoid: one forward pass with hidden states,
+  then each lens layer's head (final norm, head matmul, post-head transform)
+  over all tokens, results discarded (``2 d V`` FLOPs per token and layer);
 - **exitbench**: ``extract.reduce_layers`` (one forward with hidden states,
-  then per chunk of ``--token-chunk`` tokens and per layer: head, float32
-  reduction, never more than token_chunk x V logits alive), for each chunk
-  size given (larger chunks make the head matmul more efficient: on CPU the
-  head weight is streamed from memory once per chunk and layer);
+  then per chunk of tokens and per layer: head, float32 reduction, never more
+  than a chunk x V of logits alive); the chunk is ``extract.chunk_tokens`` of
+  the vocabulary unless ``--token-chunk`` fixes it;
 - **naive**: ``model(..., output_hidden_states=True)``, then every layer's
   float32 logits for all tokens stacked into one [layers x tokens x V] tensor,
   softmax, log_softmax, top-k of the probabilities, entropy and KL to the final
-  layer over the whole stack.
+  layer over the whole stack;
+- **fused** (CUDA only): ``exitbench.fused``, the vocabulary-tiled reduction
+  that never writes a [tokens x V] logits tensor.
 
-Reported per method: tokens/s (median of ``--repeats`` alternating runs),
-peak memory above the pre-call baseline (CPU: process RSS sampled every
-millisecond by a thread; CUDA: ``torch.cuda.max_memory_allocated``), and the
-ratios exitbench/naive. On CUDA the model runs in bfloat16 and the forward
-pass alone is timed too. A correctness check compares both methods' top-1,
-entropy and KL.
+Reported per vocabulary (median of ``--repeats`` alternating runs): tokens/s of
+each method, exitbench/naive speed, exitbench/naive peak memory (above the
+pre-call baseline; CPU: process RSS sampled every millisecond by a thread;
+CUDA: ``torch.cuda.max_memory_allocated``) and exitbench time / floor time.
+On CUDA the model runs in bfloat16. A correctness check compares exitbench's
+(and fused's) top-1, entropy and KL with naive's.
 
     .venv/bin/python benchmarks/extract_bench.py            # full run (minutes on 2 cores)
     .venv/bin/python benchmarks/extract_bench.py --quick    # smoke run (seconds)
+    .venv/bin/python benchmarks/extract_bench.py --json rows.json
 
-Goal on CPU at V=131072: exitbench >= 2x naive tokens/s at <= 1/4 of its peak memory.
+Goals on CPU at every vocabulary: exitbench >= 1.5x naive tokens/s, <= 1/4 of
+its peak memory, <= 1.5x the floor time; on a GPU the fused path <= 1.2x floor.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from exitbench import extract
+from exitbench import fused as fused_lens
 from exitbench.lens import LogitLens
 
 logger = logging.getLogger("exitbench.bench")
@@ -62,7 +69,8 @@ def build_model(vocab: int, layers: int, hidden: int, dtype: torch.dtype, device
         max_position_embeddings=4096,
         tie_word_embeddings=False,
     )
-    model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialise on the device: a 262k x 2048 head is slow on CPU
+        model = AutoModelForCausalLM.from_config(config).to(dtype=dtype).eval()
     return model, LogitLens.from_model(model)
 
 
@@ -155,25 +163,51 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def floor_pass(lens: LogitLens, input_ids, attention_mask) -> None:
+    """The floor: forward with hidden states, then every lens layer's head over all tokens."""
+    with torch.inference_mode():
+        hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
+        real = attention_mask.reshape(-1).bool()
+        for layer in lens.layer_numbers:
+            hidden = lens.hidden_state(hidden_states, layer)
+            lens.decode(hidden.reshape(-1, hidden.shape[-1])[real], layer)  # discarded
+
+
 def bench_vocab(
     args: argparse.Namespace, vocab: int, device: str, dtype: torch.dtype
 ) -> list[dict]:
-    """One row per token chunk: exitbench at that chunk against the naive reference."""
+    """One row per token chunk: exitbench beside the floor, naive (and fused on CUDA)."""
     model, lens = build_model(vocab, args.layers, args.hidden, dtype, device)
     generator = torch.Generator().manual_seed(1)
     n_windows = max(1, args.tokens // args.seq_len)
     input_ids = torch.randint(0, vocab, (n_windows, args.seq_len), generator=generator).to(device)
     attention_mask = torch.ones_like(input_ids)
     n_tokens = int(attention_mask.sum())
+    chunks = args.token_chunk or [extract.chunk_tokens(vocab)]
 
     methods: dict[str, Callable[[], Any]] = {
-        "naive": lambda: naive_reduce(model, lens, input_ids, attention_mask, args.top_k)
+        "floor": partial(floor_pass, lens, input_ids, attention_mask),
+        "naive": lambda: naive_reduce(model, lens, input_ids, attention_mask, args.top_k),
     }
-    for chunk in args.token_chunk:
+    for chunk in chunks:
         methods[f"chunk{chunk}"] = partial(
             extract.reduce_layers, lens, input_ids, attention_mask, args.top_k, chunk
         )
-    methods[f"chunk{args.token_chunk[0]}"]()  # warm-up (allocator, kernels), not measured
+    if device.startswith("cuda"):
+        fused_run = partial(
+            extract.reduce_layers,
+            lens,
+            input_ids,
+            attention_mask,
+            args.top_k,
+            chunks[0],
+            fused=True,
+        )
+        methods["fused"] = partial(_with_compile, False, fused_run)
+        methods["fused_compiled"] = partial(_with_compile, True, fused_run)
+    for name, fn in methods.items():  # warm-up (allocator, kernels, compilation), not measured
+        if name != "naive":
+            fn()
     runs: dict[str, dict[str, list[float]]] = {
         name: {"seconds": [], "peak_bytes": []} for name in methods
     }
@@ -192,104 +226,147 @@ def bench_vocab(
                 seconds,
                 memory.peak_bytes / 2**20,
             )
-    naive_s = statistics.median(runs["naive"]["seconds"])
-    naive_peak = max(runs["naive"]["peak_bytes"]) / 2**20
-    forward_s = None
-    if device.startswith("cuda"):
-        forward_s = statistics.median(
-            timed(lambda: lens.forward_hidden_states(input_ids, attention_mask), device)[0]
-            for _ in range(args.repeats)
-        )
+    median_s = {name: statistics.median(run["seconds"]) for name, run in runs.items()}
+    peak_mib = {name: max(run["peak_bytes"]) / 2**20 for name, run in runs.items()}
     rows = []
-    for chunk in args.token_chunk:
-        run = runs[f"chunk{chunk}"]
-        seconds = statistics.median(run["seconds"])
-        peak = max(run["peak_bytes"]) / 2**20
-        rows.append(
-            {
-                "vocab": vocab,
-                "tokens": n_tokens,
-                "layers": len(lens.layer_numbers),
-                "token_chunk": chunk,
-                "exitbench_s": seconds,
-                "naive_s": naive_s,
-                "exitbench_tok_s": n_tokens / seconds,
-                "naive_tok_s": n_tokens / naive_s,
-                "speedup": naive_s / seconds,
-                "exitbench_peak_mib": peak,
-                "naive_peak_mib": naive_peak,
-                "memory_ratio": peak / max(naive_peak, 1e-9),
-                "forward_s": forward_s,
-                **_agreement(results[f"chunk{chunk}"], results["naive"]),
-            }
-        )
+    for chunk in chunks:
+        name = f"chunk{chunk}"
+        seconds = median_s[name]
+        row = {
+            "vocab": vocab,
+            "tokens": n_tokens,
+            "layers": len(lens.layer_numbers),
+            "token_chunk": chunk,
+            "floor_s": median_s["floor"],
+            "exitbench_s": seconds,
+            "naive_s": median_s["naive"],
+            "floor_tok_s": n_tokens / median_s["floor"],
+            "exitbench_tok_s": n_tokens / seconds,
+            "naive_tok_s": n_tokens / median_s["naive"],
+            "speed_vs_naive": median_s["naive"] / seconds,
+            "floor_peak_mib": peak_mib["floor"],
+            "exitbench_peak_mib": peak_mib[name],
+            "naive_peak_mib": peak_mib["naive"],
+            "memory_vs_naive": peak_mib[name] / max(peak_mib["naive"], 1e-9),
+            "time_vs_floor": seconds / median_s["floor"],
+            "fused_tok_s": None,
+            "fused_time_vs_floor": None,
+            "fused_peak_mib": None,
+            **_agreement(results[name], results["naive"]),
+        }
+        for fused in ("fused", "fused_compiled"):
+            if fused in runs:
+                row[f"{fused}_tok_s"] = n_tokens / median_s[fused]
+                row[f"{fused}_time_vs_floor"] = median_s[fused] / median_s["floor"]
+                row[f"{fused}_peak_mib"] = peak_mib[fused]
+                agree = _agreement(results[fused], results[name])
+                row.update({f"{fused}_vs_eager_{key}": value for key, value in agree.items()})
+        rows.append(row)
     return rows
 
 
-def _agreement(ours: dict, naive: dict) -> dict[str, float]:
+def _with_compile(compile: bool, run: Callable[[], Any]) -> Any:
+    """``run()`` with ``fused.COMPILE_ON_CUDA`` set to ``compile`` (the CUDA fused path)."""
+    previous, fused_lens.COMPILE_ON_CUDA = fused_lens.COMPILE_ON_CUDA, compile
+    try:
+        return run()
+    finally:
+        fused_lens.COMPILE_ON_CUDA = previous
+
+
+def _agreement(ours: dict, other: dict) -> dict[str, float]:
+    """Top-1 agreement and largest entropy / KL differences of two methods' results."""
+
+    def column(result: dict, name: str) -> torch.Tensor:
+        value = result[name]
+        return torch.as_tensor(value).cpu().double()
+
     return {
-        "top1_agree": float(
-            (torch.from_numpy(ours["top1"]).long() == naive["top1"]).float().mean()
-        ),
+        "top1_agree": float((column(ours, "top1") == column(other, "top1")).double().mean()),
         "max_abs_diff_entropy": float(
-            (torch.from_numpy(ours["entropy"]) - naive["entropy"]).abs().max()
+            (column(ours, "entropy") - column(other, "entropy")).abs().max()
         ),
         "max_abs_diff_kl": float(
-            (torch.from_numpy(ours["kl_to_final"]) - naive["kl_to_final"]).abs().max()
+            (column(ours, "kl_to_final") - column(other, "kl_to_final")).abs().max()
         ),
     }
+
+
+VOCABS = [32000, 50257, 128256, 262144]  # Llama-2/Mistral, GPT-2/Pythia, Llama-3, Gemma
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small vocab and tokens")
-    parser.add_argument("--vocab", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--vocab", type=int, nargs="+", default=VOCABS)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per window")
     parser.add_argument("--layers", type=int, default=8, help="transformer blocks (lens: +1)")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument(
-        "--token-chunk", type=int, nargs="+", default=[64, 256], help="exitbench chunk sizes"
+        "--token-chunk",
+        type=int,
+        nargs="+",
+        default=None,
+        help="exitbench chunk sizes (default: extract.chunk_tokens of each vocabulary)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, else float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
         args.vocab, args.tokens, args.seq_len, args.layers, args.repeats = [8192], 64, 32, 4, 1
-        args.token_chunk = args.token_chunk[:1]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    default_dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = getattr(torch, args.dtype or default_dtype)
     logger.info("device %s, dtype %s, %d torch threads", device, dtype, torch.get_num_threads())
     rows = [row for vocab in args.vocab for row in bench_vocab(args, vocab, device, dtype)]
-    header = (
-        f"{'vocab':>7} {'tokens':>6} {'layers':>6} {'chunk':>5} | {'ours tok/s':>10} "
-        f"{'naive tok/s':>11} {'speedup':>7} | {'ours MiB':>8} {'naive MiB':>9} {'mem ratio':>9}"
-        + (f" | {'forward s':>9}" if device.startswith("cuda") else "")
-        + f" | {'top1 agree':>10} {'dH max':>8} {'dKL max':>8}"
-    )
-    print(header)
-    for row in rows:
-        print(
-            f"{row['vocab']:>7} {row['tokens']:>6} {row['layers']:>6} {row['token_chunk']:>5} | "
-            f"{row['exitbench_tok_s']:>10.1f} {row['naive_tok_s']:>11.1f} "
-            f"{row['speedup']:>6.2f}x | "
-            f"{row['exitbench_peak_mib']:>8.0f} {row['naive_peak_mib']:>9.0f} "
-            f"{row['memory_ratio']:>9.3f}"
-            + (f" | {row['forward_s']:>9.4f}" if row["forward_s"] is not None else "")
-            + f" | {row['top1_agree']:>10.4f} {row['max_abs_diff_entropy']:>8.1e} "
-            f"{row['max_abs_diff_kl']:>8.1e}"
-        )
+    print(format_table(rows))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)
     return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a fixed-width table, one line per (vocab, chunk)."""
+    fused = any(row["fused_tok_s"] is not None for row in rows)
+    compiled = any(row.get("fused_compiled_tok_s") is not None for row in rows)
+    lines = [
+        f"{'vocab':>7} {'tokens':>6} {'chunk':>5} | {'floor tok/s':>11} {'ours tok/s':>10} "
+        f"{'naive tok/s':>11} | {'speed':>6} {'memory':>6} {'vs floor':>8}"
+        + (f" | {'fused tok/s':>11} {'vs floor':>8}" if fused else "")
+        + (f" | {'compiled tok/s':>14} {'vs floor':>8}" if compiled else "")
+        + f" | {'top1 agree':>10} {'dH max':>8} {'dKL max':>8}"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['vocab']:>7} {row['tokens']:>6} {row['token_chunk']:>5} | "
+            f"{row['floor_tok_s']:>11.1f} {row['exitbench_tok_s']:>10.1f} "
+            f"{row['naive_tok_s']:>11.1f} | {row['speed_vs_naive']:>5.2f}x "
+            f"{row['memory_vs_naive']:>6.3f} {row['time_vs_floor']:>7.2f}x"
+            + (
+                f" | {row['fused_tok_s']:>11.1f} {row['fused_time_vs_floor']:>7.2f}x"
+                if row["fused_tok_s"] is not None
+                else (f" | {'-':>11} {'-':>8}" if fused else "")
+            )
+            + (
+                f" | {row['fused_compiled_tok_s']:>14.1f} "
+                f"{row['fused_compiled_time_vs_floor']:>7.2f}x"
+                if row.get("fused_compiled_tok_s") is not None
+                else ""
+            )
+            + f" | {row['top1_agree']:>10.4f} {row['max_abs_diff_entropy']:>8.1e} "
+            f"{row['max_abs_diff_kl']:>8.1e}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -326,3 +326,71 @@ def test_opt_350m_projected_last_state_has_null_cos_prev(tmp_path):
     assert np.isfinite(result["cos_prev"][inner]).all()
     expected = model(ids).logits[0].argmax(-1).numpy()
     assert (result["top1"][final] == expected).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_tiles_equal_the_eager_reduction(tiny_model_dirs, tokens_path, kind, monkeypatch):
+    """The vocabulary-tiled online softmax (the CUDA path), run on CPU, equals eager to 1e-5."""
+    from exitbench import fused
+
+    monkeypatch.setattr(fused, "MIN_TILE", 1)
+    monkeypatch.setattr(fused, "TILE_BYTES", 4 * 16 * 5 * 37)  # 37-entry tiles: 11 with a tail
+    assert fused.tile_size(384, 16, 5) == 37
+    _, lens = load(tiny_model_dirs, kind)
+    windows = windows_of(tokens_path)
+    ids = torch.zeros((2, 12), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0], mask[0] = torch.tensor(windows[0]), 1
+    ids[1, :7], mask[1, :7] = torch.tensor(windows[1]), 1
+    eager = extract.reduce_layers(lens, ids, mask, top_k=3, token_chunk=5, fused=False)
+    tiled = extract.reduce_layers(lens, ids, mask, top_k=3, token_chunk=5, fused=True)
+    for name in ("row", "pos", "layer", "gold", "top1", "topk_ids"):
+        np.testing.assert_array_equal(tiled[name], eager[name], err_msg=name)
+    for name in extract.FIELDS[4:]:
+        if name in ("topk_ids", "gold"):
+            continue
+        np.testing.assert_allclose(tiled[name], eager[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    final = tiled["layer"] == lens.num_layers
+    assert (tiled["kl_to_final"][final] == 0).all() and (tiled["kl_to_final"][~final] > 0).all()
+
+
+def test_fused_keeps_the_first_index_of_a_tied_maximum(tiny_model_dirs):
+    """Ties across tiles: top-1 is the lowest index, as torch.argmax; the rest match topk values."""
+    from exitbench import fused
+
+    _, lens = load(tiny_model_dirs, "gpt2")
+    logits = torch.zeros((2, 3, 384))
+    logits[:, 0, [300, 17, 200]] = 1.0  # tied maximum in three tiles
+    logits[:, 1, 383] = 2.0  # the maximum in the ragged last tile
+    logits[:, 2, ::50] = 3.0  # tied in every tile
+    gold = torch.tensor([5, -1, 383])
+    state = fused._State(2, 3, 4, torch.device("cpu"))
+    for start in range(0, 384, 50):
+        state.update(logits[:, :, start : start + 50], start, gold)
+    out = state.finish(gold)
+    assert out[0]["top1"].tolist() == logits[0].argmax(-1).tolist() == [17, 383, 0]
+    expected = torch.log_softmax(logits[0], -1)
+    assert torch.allclose(out[0]["topk_logprobs"], torch.topk(expected, 4).values, atol=1e-6)
+    assert torch.allclose(out[0]["logprob_gold"][[0, 2]], expected[[0, 2], [5, 383]], atol=1e-6)
+    assert torch.isnan(out[0]["logprob_gold"][1])
+    assert torch.allclose(out[0]["logprob_final_top1"], expected[[0, 1, 2], [17, 383, 0]])
+    entropy = -(expected.exp() * expected).sum(-1)
+    assert torch.allclose(out[1]["entropy"], entropy, atol=1e-6)
+    assert (out[1]["kl_to_final"] == 0).all() and (out[0]["kl_to_final"] < 1e-6).all()
+
+
+def test_chunk_sized_by_memory_budget(tiny_model_dirs, tokens_path):
+    """Without token_chunk the chunk holds 128 MiB of float32 logits: chunk * V * 4 bytes."""
+    assert [extract.chunk_tokens(v) for v in (32000, 50257, 131072, 262144)] == [
+        1048,
+        667,
+        256,
+        128,
+    ]
+    assert extract.chunk_tokens(384, budget_bytes=4 * 384 * 7) == 7
+    _, lens = load(tiny_model_dirs, "llama")
+    ids = torch.tensor([windows_of(tokens_path)[0]])
+    budget = extract.reduce_layers(lens, ids, torch.ones_like(ids), top_k=3)
+    fixed = extract.reduce_layers(lens, ids, torch.ones_like(ids), top_k=3, token_chunk=5)
+    np.testing.assert_array_equal(budget["topk_ids"], fixed["topk_ids"])
+    np.testing.assert_allclose(budget["entropy"], fixed["entropy"], rtol=1e-5, atol=1e-6)

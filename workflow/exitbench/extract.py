@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
+from exitbench import fused as fused_lens
 from exitbench import models, tables
 from exitbench.lens import LogitLens
 from exitbench.tokens import TokenizeError
@@ -49,6 +50,17 @@ from exitbench.tokens import TokenizeError
 logger = logging.getLogger(__name__)
 
 PAD_ID = 0  # any valid id: padded positions are masked and never emitted
+# Float32 logits per chunk buffer when the chunk is sized by memory (see chunk_tokens).
+CHUNK_BYTES = 128 * 2**20
+
+
+def chunk_tokens(vocab: int, budget_bytes: int = CHUNK_BYTES) -> int:
+    """Tokens per chunk so that one float32 [tokens, V] buffer is ``budget_bytes``: budget / (4 V).
+
+    128 MiB gives 1048 tokens at V = 32000, 256 at V = 131072 and 128 at V = 262144.
+    """
+    return max(1, int(budget_bytes) // (4 * int(vocab)))
+
 
 # Output arrays of reduce_layers, in table order (``row`` is the batch row, not seq_id).
 FIELDS = (
@@ -217,9 +229,14 @@ def reduce_hidden_states(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     top_k: int,
-    token_chunk: int,
+    token_chunk: int | None = None,
+    fused: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Lens statistics for the real (unmasked) positions of a right-padded batch.
+
+    ``token_chunk`` tokens are reduced at a time (None: :func:`chunk_tokens` of
+    the vocabulary). ``fused`` streams each chunk over vocabulary tiles
+    (:mod:`exitbench.fused`); None uses it on CUDA, where the head is linear.
 
     Returns :data:`FIELDS` as numpy arrays with one entry per (row, pos, layer),
     sorted by row, pos, layer; ``topk_ids`` / ``topk_logprobs`` are [n, top_k].
@@ -257,40 +274,32 @@ def reduce_hidden_states(
         for layer in layers
     }
     order = [final_layer] + [layer for layer in layers if layer != final_layer]
+    head_device = lens.head.weight.device if fused_lens.supported(lens) else None
+    if fused is None:
+        fused = head_device is not None and head_device.type == "cuda"
+    if fused and head_device is None:
+        raise ValueError(f"the fused lens needs a linear head; {lens.model_type!r} has none")
+    if token_chunk is None:
+        token_chunk = chunk_tokens(_vocabulary(lens))
     for start in range(0, n_tokens, token_chunk):
         stop = min(start + token_chunk, n_tokens)
-        rows = stop - start
         hidden = {
             layer: states[on("real", real, states.device)[start:stop]]
             for layer, states in flat_hidden.items()
         }
-        final: dict[str, torch.Tensor] = {}
-        for layer in order:
-            logits = lens.decode(hidden[layer], layer).float()
-            device = logits.device
-            if not stats:  # the vocabulary size is known from the first logits
-                k = min(k, logits.shape[-1])
-                stats = _allocate_stats(n_tokens, n_layers, k, device)
-            is_final = layer == final_layer
-            out = _reduce_logits(
-                logits,
-                k,
-                buffers.get("final_prob" if is_final else "exp", rows, logits),
-                on("gold", gold, device)[start:stop],
-                final_top1=None if is_final else final["top1"],
-                final_prob=None if is_final else final["prob"],
-                final_entropy=None if is_final else final["entropy"],
-            )
-            if is_final:
-                final = {
-                    "top1": out["top1"],
-                    "prob": buffers.final_prob[:rows],
-                    "entropy": out["entropy"],
-                }
+        chunk_gold = on("gold", gold, head_device or gold.device)[start:stop]
+        if fused:
+            outs = _reduce_chunk_fused(lens, hidden, order, chunk_gold, k)
+        else:
+            outs = _reduce_chunk_eager(lens, hidden, order, chunk_gold, k, buffers)
+        if not stats:  # the vocabulary size (and so k) is known from the first chunk
+            first = outs[final_layer]["topk_ids"]
+            k = int(first.shape[-1])
+            stats = _allocate_stats(n_tokens, n_layers, k, first.device)
+        for layer, out in outs.items():
             column = layers.index(layer)
             for name, value in out.items():
                 stats[name][start:stop, column] = value
-            del logits
         previous = hidden[layers[0]].float()
         for column in range(1, n_layers):
             current = hidden[layers[column]].float()
@@ -328,6 +337,66 @@ def reduce_hidden_states(
     return {name: result[name] for name in FIELDS}
 
 
+def _reduce_chunk_eager(
+    lens: LogitLens,
+    hidden: dict[int, torch.Tensor],
+    order: list[int],
+    gold: torch.Tensor,
+    k: int,
+    buffers: _Buffers,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Per layer (final first): decode the chunk's [C, V] logits and reduce them in float32."""
+    final: dict[str, torch.Tensor] = {}
+    outs: dict[int, dict[str, torch.Tensor]] = {}
+    final_layer = order[0]
+    for layer in order:
+        logits = lens.decode(hidden[layer], layer).float()
+        rows = logits.shape[0]
+        k = min(k, logits.shape[-1])
+        is_final = layer == final_layer
+        out = _reduce_logits(
+            logits,
+            k,
+            buffers.get("final_prob" if is_final else "exp", rows, logits),
+            gold.to(logits.device),
+            final_top1=None if is_final else final["top1"],
+            final_prob=None if is_final else final["prob"],
+            final_entropy=None if is_final else final["entropy"],
+        )
+        if is_final:
+            final = {
+                "top1": out["top1"],
+                "prob": buffers.final_prob[:rows],
+                "entropy": out["entropy"],
+            }
+        outs[layer] = out
+        del logits
+    return outs
+
+
+def _reduce_chunk_fused(
+    lens: LogitLens,
+    hidden: dict[int, torch.Tensor],
+    order: list[int],
+    gold: torch.Tensor,
+    k: int,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """All layers of the chunk at once, streamed over vocabulary tiles (:mod:`exitbench.fused`)."""
+    streamed = [*order[1:], order[0]]  # the final layer last
+    inputs = [fused_lens.head_input(lens, hidden[layer], layer) for layer in streamed]
+    compile = fused_lens.COMPILE_ON_CUDA and gold.device.type == "cuda"
+    outs = fused_lens.reduce_chunk(lens, inputs, gold, k, compile=compile)
+    return dict(zip(streamed, outs, strict=True))
+
+
+def _vocabulary(lens: LogitLens) -> int:
+    """V: the head's output size (the model config's vocab_size where the head has no weight)."""
+    weight = getattr(lens.head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    return int(lens.model.config.get_text_config().vocab_size)
+
+
 def _empty_result(top_k: int) -> dict[str, np.ndarray]:
     result = {name: np.zeros(0, dtype=np.float32) for name in FIELDS}
     for name in ("row", "gold"):
@@ -344,13 +413,14 @@ def reduce_layers(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     top_k: int,
-    token_chunk: int,
+    token_chunk: int | None = None,
+    fused: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """One forward pass of a right-padded batch, then :func:`reduce_hidden_states`."""
     with torch.inference_mode():
         hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
         return reduce_hidden_states(
-            lens, hidden_states, input_ids, attention_mask, top_k, token_chunk
+            lens, hidden_states, input_ids, attention_mask, top_k, token_chunk, fused
         )
 
 
