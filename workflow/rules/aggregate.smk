@@ -25,6 +25,8 @@ rule aggregate:
         statistics_json="results/statistics.json",
     log:
         "results/logs/aggregate/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate/aggregate.tsv"
     conda:
         "../../envs/exitbench.yaml"
     params:

@@ -8,6 +8,8 @@ rule describe_model:
         "results/models/{model}.json",
     log:
         "results/logs/describe_model/{model}.log",
+    benchmark:
+        "results/benchmarks/describe_model/{model}.tsv"
     conda:
         "../../envs/exitbench.yaml"
     params:

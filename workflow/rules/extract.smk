@@ -12,7 +12,9 @@ rule extract:
         "results/benchmarks/extract/{model}/{workload}/shard-{shard}.tsv"
     conda:
         "../../envs/exitbench.yaml"
-    threads: 2
+    # one thread per job on a CPU-only study: two one-thread jobs finish sooner than one
+    # two-thread job (the same shard either way), and they share cores with training
+    threads: lambda wildcards, attempt: 2 if extract_resource("gpu")(wildcards, attempt) else 1
     resources:
         gpu=extract_resource("gpu"),
         mem_mb=extract_resource("mem_mb"),

@@ -55,6 +55,8 @@ rule figures:
         ),
     log:
         "results/logs/figures/figures.log",
+    benchmark:
+        "results/benchmarks/figures/figures.tsv"
     conda:
         "../../envs/exitbench.yaml"
     params:

@@ -11,6 +11,8 @@ rule tokenize:
         stats="results/tokens/{model}/{workload}.json",
     log:
         "results/logs/tokenize/{model}/{workload}.log",
+    benchmark:
+        "results/benchmarks/tokenize/{model}/{workload}.tsv"
     conda:
         "../../envs/exitbench.yaml"
     params:

@@ -9,6 +9,8 @@ rule workload:
         provenance="results/workloads/{workload}.json",
     log:
         "results/logs/workload/{workload}.log",
+    benchmark:
+        "results/benchmarks/workload/{workload}.tsv"
     conda:
         "../../envs/exitbench.yaml"
     # every key of a workloads entry decides which documents it holds
