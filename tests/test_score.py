@@ -781,3 +781,26 @@ def test_bad_calibration_setting_is_named():
     agree, correct = score.agreement_masks(arrays)
     with pytest.raises(score.ScoreError, match="score.calibration must be 'point' or 'bound'"):
         score.exit_policies(arrays, agree[1:], correct[1:], docs, None, params(calibration="x"))
+
+
+def test_document_sums_reproduce_the_headline_hand_computed(tmp_path):
+    """The JSON keeps each headline ratio's per-document sums (the paired bootstrap's input):
+    doc a has e_sat 3, 4, 1 (sum 8), doc b 2, 4, 1 (sum 7), 3 tokens each, L = 4."""
+    paths, tokens, info = hand_case(tmp_path)
+    _, summary = score.score_lens(paths, tokens, info, params(bootstrap=50), seed=0)
+    sums = summary["document_sums"]
+    assert sums["documents"] == ["a", "b"]
+    settled = sums["metrics"]["oracle_savings"]
+    assert settled["split"] == "all"
+    assert settled["numerator"] == [3 * 4 - 8, 3 * 4 - 7]
+    assert settled["denominator"] == [12, 12]
+    assert sums["metrics"]["mean_first_agreement_layer"]["numerator"] == [6, 7]
+    head = summary["headline"]
+    for name, entry in sums["metrics"].items():
+        estimate = head[name]["estimate"]
+        ratio = sum(entry["numerator"]) / sum(entry["denominator"])
+        assert ratio == pytest.approx(estimate), name
+    held = sums["metrics"]["savings_at_99"]
+    assert held["split"] == "heldout"
+    assert len(held["numerator"]) == sum(sums["heldout"]) == 1
+    score.validate_headline(summary)

@@ -46,7 +46,13 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import section_defaults
-from .flops import FlopModel, FlopModelError, check_schedule, flop_model
+from .flops import (
+    FlopModel,
+    FlopModelError,
+    check_schedule,
+    flop_model,
+    tuned_lens_flops,
+)
 from .provenance import clean_json, write_json
 from .shards import LensArrays, load_lens
 from .tables import SCHEMA_DIR, read_table, write_table
@@ -62,6 +68,7 @@ __all__ = [
     "ScoreError",
     "agreement_masks",
     "assemble_headline",
+    "document_sums",
     "document_split",
     "exit_policies",
     "few_documents",
@@ -344,6 +351,8 @@ class OracleExits:
     first_agreement_count: np.ndarray  # tokens per e_first, index 0..L
     headline: dict[str, dict[str, float]]
     costs: np.ndarray | None  # oracle FLOPs of exiting at layer 0..L (None without a FLOP model)
+    #: headline name -> (numerator, denominator) per document: the paired bootstrap's input
+    document_sums: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def oracle_exits(
@@ -374,26 +383,33 @@ def oracle_exits(
     first_agreement = metrics.first_agreement_layer(agree)
     n_tok, weights = docs.n_tokens, docs.weights
     sat_sum, first_sum = docs.sums(saturation), docs.sums(first_agreement)
-    settled = _ratio(n_tok * num_layers - sat_sum, n_tok * num_layers, weights)
-    headline = {
-        "savings_first": _ratio(n_tok * num_layers - first_sum, n_tok * num_layers, weights),
-        "savings_settled": settled,
-        "oracle_savings": settled,
-        "mean_saturation_layer": _ratio(sat_sum, n_tok, weights),
-        "mean_first_agreement_layer": _ratio(first_sum, n_tok, weights),
-        "final_accuracy": _ratio(docs.sums(correct[-1]), docs.n_gold, weights),
-        "net_flop_savings_first": _NAN_CI,
-        "net_flop_savings_settled": _NAN_CI,
-        "oracle_net_flop_savings": _NAN_CI,
+    sums = {
+        "savings_first": (n_tok * num_layers - first_sum, n_tok * num_layers),
+        "savings_settled": (n_tok * num_layers - sat_sum, n_tok * num_layers),
+        "mean_saturation_layer": (sat_sum, n_tok),
+        "mean_first_agreement_layer": (first_sum, n_tok),
+        "final_accuracy": (docs.sums(correct[-1]), docs.n_gold),
     }
+    headline = {name: _ratio(*pair, weights) for name, pair in sums.items()}
+    sums["oracle_savings"] = sums["savings_settled"]  # the old name of the same number
+    headline["oracle_savings"] = headline["savings_settled"]
+    headline.update(
+        {
+            "net_flop_savings_first": _NAN_CI,
+            "net_flop_savings_settled": _NAN_CI,
+            "oracle_net_flop_savings": _NAN_CI,
+        }
+    )
     costs = None
     if flops is not None:
         costs = flops.policy_costs("none", state_cost=state_cost)
         full = n_tok * flops.full
         for name, exits in [("first", first_agreement), ("settled", saturation)]:
+            sums[f"net_flop_savings_{name}"] = (full - docs.sums(costs[exits]), full)
             headline[f"net_flop_savings_{name}"] = _ratio(
-                full - docs.sums(costs[exits]), full, weights
+                *sums[f"net_flop_savings_{name}"], weights
             )
+        sums["oracle_net_flop_savings"] = sums["net_flop_savings_settled"]
         headline["oracle_net_flop_savings"] = headline["net_flop_savings_settled"]
     return OracleExits(
         saturation=saturation,
@@ -402,6 +418,7 @@ def oracle_exits(
         first_agreement_count=np.bincount(first_agreement, minlength=num_layers + 1),
         headline=headline,
         costs=costs,
+        document_sums=sums,
     )
 
 
@@ -426,6 +443,10 @@ class ExitPolicies:
     sweeps: dict[str, list[dict[str, float]]]
     auc: dict[str, dict[str, Any]]
     calibration: dict[str, dict[str, tuple[float, float]]]
+    #: ``[measure][target][policy number] = (numerator, denominator)`` per held-out document
+    document_sums: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = field(
+        default_factory=dict
+    )
 
 
 def exit_policies(
@@ -493,7 +514,7 @@ def exit_policies(
         calibration = str(params["calibration"])
         _measure_policy(out, name, thresholds, sums, docs, flops, num_layers, targets, calibration)
     for alias, name in metrics.MEASURE_ALIASES.items():  # old names stay readable
-        for table in (out.policies, out.sweeps, out.auc):
+        for table in (out.policies, out.sweeps, out.auc, out.document_sums):
             table[alias] = table[name]
     return out
 
@@ -567,6 +588,12 @@ def _measure_policy(
             float(cal["consistency"][k]),
         )
         col = {q: v[heldout, k] for q, v in sums.items() if q != "tokens"}
+        doc_sums = {
+            "savings": (n_held * L - col["exit_layer"], n_held * L),
+            "consistency": (col["agree"], n_held),
+            "accuracy": (col["correct"], n_gold_held),
+        }
+        out.document_sums.setdefault(name, {})[key] = doc_sums
         consistency = _ratio(col["agree"], n_held, w_held)
         out.policies[name][key] = {
             "threshold": float(shown[k]),
@@ -586,6 +613,8 @@ def _measure_policy(
             policy["net_flop_savings"] = _ratio(full - col["cost"], full, w_held)
             zero_check = full - col["cost_zero_check"]
             policy["net_flop_savings_zero_check"] = _ratio(zero_check, full, w_held)
+            doc_sums["net_flop_savings"] = (full - col["cost"], full)
+            doc_sums["net_flop_savings_zero_check"] = (zero_check, full)
 
 
 # ---------------------------------------------------------------- 6. outputs
@@ -627,6 +656,62 @@ def assemble_headline(
     best_measure["auc"] = best_auc
     headline["consistency_savings_auc"] = policies.auc[best_auc]["heldout"]
     return headline, best_measure
+
+
+#: Headline name (per target suffix) <- the policy number of the headline measure behind it.
+_POLICY_HEADLINE = {
+    "savings_at_{}": "savings",
+    "consistency_at_{}": "consistency",
+    "net_flop_savings_at_{}": "net_flop_savings",
+    "zero_check_net_flop_savings_at_{}": "net_flop_savings_zero_check",
+}
+
+
+def document_sums(
+    docs: Documents,
+    oracle: OracleExits,
+    policies: ExitPolicies,
+    best_measure: Mapping[str, str],
+    targets: Sequence[float],
+) -> dict[str, Any]:
+    """Per-document numerator and denominator of every headline ratio (the JSON's
+    ``document_sums``), so that the aggregate stage can bootstrap a difference of two
+    models over the same documents (a paired document bootstrap).
+
+    ``documents``: every document id in order; ``heldout``: whether each is held out;
+    ``metrics[name]``: ``split`` (``all`` or ``heldout``: which documents the arrays
+    cover, in ``documents`` order) and ``numerator``/``denominator`` with
+    ``headline[name] = sum(numerator) / sum(denominator)``. Policy numbers are those of
+    the headline measure at its calibration-chosen threshold.
+    """
+    out: dict[str, Any] = {}
+    for name, (num, den) in oracle.document_sums.items():
+        out[name] = {"split": "all", "numerator": num, "denominator": den}
+    for target in targets:
+        key, suffix = _target_key(target), _target_suffix(target)
+        chosen = policies.document_sums.get(best_measure.get(key), {}).get(key, {})
+        for pattern, number in _POLICY_HEADLINE.items():
+            if number in chosen:
+                num, den = chosen[number]
+                out[pattern.format(suffix)] = {
+                    "split": "heldout",
+                    "numerator": num,
+                    "denominator": den,
+                }
+    return {
+        "documents": list(docs.ids),
+        "heldout": [bool(h) for h in docs.heldout],
+        "metrics": {
+            name: {
+                "split": entry["split"],
+                "numerator": np.asarray(entry["numerator"], np.float64).tolist(),
+                "denominator": np.broadcast_to(
+                    np.asarray(entry["denominator"], np.float64), np.shape(entry["numerator"])
+                ).tolist(),
+            }
+            for name, entry in sorted(out.items())
+        },
+    }
 
 
 def scores_table(
@@ -722,6 +807,7 @@ def summary_dict(
             "first_agreement_count": oracle.first_agreement_count[1:].tolist(),
         },
         "flops": None if flops is None else flops.to_dict(),
+        "document_sums": document_sums(docs, oracle, policies, best_measure, targets),
         "params": {
             "bootstrap": int(params["bootstrap"]),
             "calibration_fraction": float(params["calibration_fraction"]),
@@ -856,6 +942,7 @@ def score_lens(
     num_layers = int(model_info["num_layers"])
     arrays = load_lens(lens_paths, tokens_path, num_layers, model_info.get("layer_numbers"))
     params = dict(params)
+    lens = str(params.pop("lens", "logit"))  # logit | tuned: which lens's shards these are
     lengths = read_table(tokens_path, "tokens", columns=["n_tokens"]).column("n_tokens")
     if params.get("seq_len") is None:
         params["seq_len"] = int(pc.max(lengths).as_py())
@@ -865,6 +952,8 @@ def score_lens(
         if not isinstance(config, Mapping):
             raise FlopModelError("the model description has no `config` dict")
         flops = flop_model(config, int(params["seq_len"]))
+        if lens == "tuned":  # each head check first applies the translator: 2 d^2
+            flops = dataclasses.replace(flops, translator=tuned_lens_flops(config))
         if flops.num_layers != num_layers:
             raise FlopModelError(
                 f"config gives {flops.num_layers} layers, the model description {num_layers}"
@@ -873,7 +962,7 @@ def score_lens(
         name = model_info.get("name")
         log.warning("no FLOP model for %s (%s): net FLOP savings are null", name, err)
         flops = None
-    return score_arrays(
+    table, summary = score_arrays(
         arrays,
         num_layers,
         flops,
@@ -883,6 +972,8 @@ def score_lens(
         workload=workload if workload is not None else tokens_path.stem,
         n_windows=len(lengths),
     )
+    summary["lens"] = lens
+    return table, summary
 
 
 # ---------------------------------------------------------------- writing
