@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,7 @@ def fake_score(
     summary = {
         "model": model,
         "workload": workload,
+        "document_sums": fake_document_sums(model, headline),
         "num_layers": num_layers,
         "layers": layers.tolist(),
         "n_tokens": n_tokens,
@@ -306,6 +308,32 @@ def fake_score(
         "provenance": {},
     }
     return table, summary
+
+
+def fake_document_sums(model: str, headline: dict[str, Any], n_docs: int = 40) -> dict[str, Any]:
+    """Per-document sums of 40 documents (20 held out) that reproduce ``headline``'s ratios:
+    denominators 100..139 tokens, numerators ``estimate * den`` plus a per-model zero-sum
+    wobble (so two models differ document by document)."""
+    held = [d % 2 == 1 for d in range(n_docs)]
+    wobble = np.sin(np.arange(n_docs) * (1 + zlib.crc32(model.encode()) % 7)) * 2.0
+    metrics = {}
+    for name, entry in headline.items():
+        if name == "consistency_savings_auc" or entry["estimate"] is None:
+            continue
+        split = "heldout" if "_at_" in name else "all"
+        keep = np.array(held) if split == "heldout" else np.ones(n_docs, bool)
+        den = 100.0 + np.arange(n_docs)[keep]
+        noise = wobble[keep] - wobble[keep].mean() * den / den.mean()
+        metrics[name] = {
+            "split": split,
+            "numerator": (entry["estimate"] * den + noise).tolist(),
+            "denominator": den.tolist(),
+        }
+    return {
+        "documents": [f"doc{d:02d}" for d in range(n_docs)],
+        "heldout": held,
+        "metrics": metrics,
+    }
 
 
 def write_fake_study(
@@ -626,7 +654,7 @@ def test_small_n_rows_say_so_instead_of_failing():
     assert trend["estimate"].isna().all() and "n=2 < 3" in trend["note"].iloc[0]
     mean = stats[(stats["analysis"] == "class_mean") & (stats["metric"] == "oracle_savings")]
     assert mean.set_index("group")["estimate"].to_dict() == {"dense": 0.3, "moe": 0.2}
-    assert mean["note"].str.contains("no CI").all()
+    assert mean["note"].str.startswith("n too small").all()
     paired = stats[(stats["analysis"] == "base_vs_tuned") & (stats["metric"] == "oracle_savings")]
     assert paired["n"].tolist() == [0] and "pairs" in paired["note"].iloc[0]
     # a single-model study and one without any metadata still give rows
@@ -713,7 +741,7 @@ def test_class_comparison_and_checkpoints(fake_study: FakeStudy):
     }
     assert dense["estimate"] == pytest.approx(np.mean([0.40, 0.37, 0.30, 0.25, 0.35]))
     assert dense["ci_low"] < dense["estimate"] < dense["ci_high"]
-    assert by.loc[("class_mean", "moe"), "note"] == "n=1 model: no CI"
+    assert by.loc[("class_mean", "moe"), "note"] == "n too small: n=1 < 3 models for a CI"
     assert ("class_difference", "moe - dense") in by.index
     assert by.loc[("class_difference", "moe - dense"), "estimate"] == pytest.approx(
         0.28 - dense["estimate"]
@@ -758,3 +786,189 @@ def test_aggregate_files_writes_all_outputs(fake_study: FakeStudy, tmp_path: Pat
         n_boot=200,
     )
     assert [p.read_bytes() for p in paths[:3]] == first
+
+
+# ---------------------------------------------------------------- issue 9 item 6
+
+
+def test_spearman_p_is_exact_for_small_n_hand_enumerated():
+    # n = 4: of the 24 orderings only the identity and the reversal reach |rho| = 1
+    assert aggregate.spearman_test([1, 2, 3, 4], [1, 2, 3, 4]) == (1.0, pytest.approx(2 / 24))
+    # rho = 1 - 6 * 2 / (4 * 15) = 0.8; sum d^2 over the 24 orderings: 0 once, 2 three times,
+    # 18 three times, 20 once reach |rho| >= 0.8 -> p = 8 / 24 (scipy's t approximation: 0.2)
+    rho, p = aggregate.spearman_test([10, 20, 30, 40], [1, 2, 4, 3])
+    assert rho == pytest.approx(0.8) and p == pytest.approx(8 / 24)
+    # ties: average ranks, and the permutation keeps them
+    rho, p = aggregate.spearman_test([1, 2, 3], [5, 5, 6])
+    assert rho == pytest.approx(math.sqrt(3) / 2) and p == pytest.approx(4 / 6)
+    # n = 10: seeded Monte Carlo, reproducible and close to the exact value 2 / 10!
+    first = aggregate.spearman_test(range(10), range(10))
+    assert first == aggregate.spearman_test(range(10), range(10))
+    assert first[1] == pytest.approx(1 / (aggregate.SPEARMAN_RESAMPLES + 1), abs=3e-5)
+
+
+def _model_rows(n: int, **columns) -> list[dict[str, Any]]:
+    return [
+        {"model": f"m{i}", "family": "F", "arch": "dense", **{k: v[i] for k, v in columns.items()}}
+        for i in range(n)
+    ]
+
+
+def test_trend_ci_needs_five_models_and_says_n_too_small():
+    years = [2019.0, 2020.0, 2021.0, 2022.0, 2023.0]
+    savings = [0.50, 0.46, 0.42, 0.38, 0.30]
+    four = _model_rows(4, release_year=years[:4], oracle_savings=savings[:4])
+    row = (
+        aggregate.claim_statistics(_fake_summary(four), n_boot=50)
+        .set_index(["analysis", "metric", "group"])
+        .loc[("release_trend", "oracle_savings", "all")]
+    )
+    assert row["n"] == 4 and row["estimate"] == pytest.approx(-0.04)
+    assert pd.isna(row["ci_low"]) and pd.isna(row["p_value"])
+    assert row["note"].startswith("n too small: n=4 < 5")
+    # rho = -1 with an exact p over 4! orderings
+    assert row["spearman_rho"] == pytest.approx(-1.0) and row["spearman_p"] == pytest.approx(1 / 12)
+    five = _model_rows(5, release_year=years, oracle_savings=savings)
+    row = (
+        aggregate.claim_statistics(_fake_summary(five), n_boot=50)
+        .set_index(["analysis", "metric", "group"])
+        .loc[("release_trend", "oracle_savings", "all")]
+    )
+    assert row["ci_low"] < row["estimate"] < row["ci_high"] and pd.isna(row["note"])
+    assert row["spearman_p"] == pytest.approx(2 / 120)
+
+
+def test_class_mean_ci_needs_three_models():
+    rows = _model_rows(5, oracle_savings=[0.1, 0.2, 0.3, 0.4, 0.6])
+    for row, arch in zip(rows, ["dense"] * 3 + ["moe"] * 2, strict=True):
+        row["arch"] = arch
+    stats = aggregate.claim_statistics(_fake_summary(rows), n_boot=200)
+    by = stats[stats["metric"] == "oracle_savings"].set_index(["analysis", "group"])
+    dense, moe = by.loc[("class_mean", "dense")], by.loc[("class_mean", "moe")]
+    assert dense["ci_low"] <= 0.2 <= dense["ci_high"] and pd.isna(dense["note"])
+    assert moe["estimate"] == pytest.approx(0.5) and pd.isna(moe["ci_low"])
+    assert moe["note"] == "n too small: n=2 < 3 models for a CI"
+    diff = by.loc[("class_difference", "moe - dense")]
+    assert diff["estimate"] == pytest.approx(0.3) and pd.isna(diff["ci_low"])
+    assert diff["note"].startswith("n too small") and pd.isna(diff["p_value"])
+
+
+def test_paired_document_bootstrap_by_hand():
+    """Two documents A, B. Base: 1/2 and 3/4; tuned: 2/2 and 2/4 (sums 4/6 each: d = 0).
+    Resamples AA (d = 1 - 1/2 = 0.5), AB/BA (d = 0) and BB (d = 2/4 - 3/4 = -0.25) come with
+    chances 1/4, 1/2, 1/4, so the 2.5% and 97.5% percentiles are -0.25 and 0.5."""
+
+    def block(num, den, split="all"):
+        return {
+            "documents": ["A", "B"],
+            "heldout": [True, True],
+            "metrics": {"oracle_savings": {"split": split, "numerator": num, "denominator": den}},
+        }
+
+    base, tuned = block([1, 3], [2, 4]), block([2, 2], [2, 4])
+    rng = np.random.default_rng(0)
+    result = aggregate.paired_document_bootstrap(base, tuned, "oracle_savings", 2000, rng)
+    assert result == {
+        "estimate": pytest.approx(0.0),
+        "ci_low": pytest.approx(-0.25),
+        "ci_high": pytest.approx(0.5),
+        "n_documents": 2,
+    }
+    # the same shift on every document: the same draws for both models give a zero-width CI
+    shifted = block([1 + 0.2, 3 + 0.4], [2, 4])  # each document's ratio + 0.1
+    result = aggregate.paired_document_bootstrap(base, shifted, "oracle_savings", 500, rng)
+    assert result["estimate"] == pytest.approx(0.1)
+    assert result["ci_low"] == pytest.approx(0.1) and result["ci_high"] == pytest.approx(0.1)
+    # only the documents both models scored count; none shared -> None
+    other = {**block([1, 1], [2, 2]), "documents": ["C", "D"]}
+    assert aggregate.paired_document_bootstrap(base, other, "oracle_savings", 50, rng) is None
+
+
+def test_pairs_use_the_paired_bootstrap_when_score_jsons_keep_document_sums():
+    rows = [
+        {"model": "b", "tuning": "base", "oracle_savings": 4 / 6, "arch": "dense"},
+        {"model": "t", "tuning": "tuned", "base_model": "b", "oracle_savings": 0.7667,
+         "arch": "dense", "oracle_savings_ci_low": 0.5, "oracle_savings_ci_high": 0.9},
+    ]  # fmt: skip
+
+    def block(num):
+        return {
+            "documents": ["A", "B"],
+            "heldout": [False, True],
+            "metrics": {
+                "oracle_savings": {"split": "all", "numerator": num, "denominator": [2, 4]}
+            },
+        }
+
+    sums = {("b", "w"): block([1, 3]), ("t", "w"): block([1.2, 3.4])}
+    stats = aggregate.claim_statistics(_fake_summary(rows), n_boot=300, document_sums=sums)
+    pair = stats[
+        (stats["analysis"] == "base_vs_tuned_pair") & (stats["metric"] == "oracle_savings")
+    ]
+    (pair,) = pair.to_dict(orient="records")
+    assert pair["estimate"] == pytest.approx(0.1)
+    assert (pair["ci_low"], pair["ci_high"]) == (pytest.approx(0.1), pytest.approx(0.1))
+    assert "paired document bootstrap" in pair["method"] and "2 documents" in pair["method"]
+    # without the sums: the old combination of the two marginal CIs, and the method says so
+    stats = aggregate.claim_statistics(_fake_summary(rows), n_boot=300)
+    pair = stats[
+        (stats["analysis"] == "base_vs_tuned_pair") & (stats["metric"] == "oracle_savings")
+    ]
+    assert "as if independent" in pair["method"].iloc[0]
+
+
+def test_size_axis_uses_active_parameters_and_keeps_total():
+    # an MoE with 1e9 active of 1e10 total sits at 10^9 on the compute axis
+    rows = _model_rows(
+        5,
+        total_params=[1e8, 1e10, 1e10, 1e11, 1e12],
+        active_params=[None, 1e9, None, None, None],
+        oracle_savings=[0.1, 0.2, 0.3, 0.4, 0.5],
+    )
+    by = aggregate.claim_statistics(_fake_summary(rows), n_boot=50).set_index(
+        ["analysis", "metric", "group"]
+    )
+    active = by.loc[("params_trend", "oracle_savings", "all")]
+    assert active["x"] == "log10(active_params)"
+    assert active["estimate"] == pytest.approx(
+        np.polyfit([8, 9, 10, 11, 12], [0.1, 0.2, 0.3, 0.4, 0.5], 1)[0]
+    )
+    total = by.loc[("total_params_trend", "oracle_savings", "all")]
+    assert total["estimate"] == pytest.approx(
+        np.polyfit([8, 10, 10, 11, 12], [0.1, 0.2, 0.3, 0.4, 0.5], 1)[0]
+    )
+
+
+def test_release_trend_controlled_for_size_vocabulary_and_depth():
+    years = np.array([2019.0, 2020.0, 2021.0, 2022.0, 2023.0, 2024.0, 2024.5])
+    log_active = np.array([8.0, 9.5, 9.0, 10.0, 10.2, 11.0, 9.1])
+    vocab = [5e4, 3.2e4, 1.28e5, 1.5e5, 3.2e4, 2.56e5, 6.4e4]
+    layers = [12, 24, 32, 32, 48, 80, 28]
+
+    def run(savings, n=7):
+        rows = _model_rows(
+            n,
+            release_year=years[:n],
+            total_params=10 ** log_active[:n],
+            vocab_size=vocab[:n],
+            num_layers=layers[:n],
+            oracle_savings=savings[:n],
+        )
+        stats = aggregate.claim_statistics(_fake_summary(rows), n_boot=50)
+        return stats.set_index(["analysis", "metric", "group"]).loc[
+            ("release_trend_controlled", "oracle_savings", "all")
+        ]
+
+    # y = 0.5 - 0.04 (year - 2019) + 0.05 log10(active) + 0.002 layers: the year's own effect
+    exact = 0.5 - 0.04 * (years - 2019) + 0.05 * log_active + 0.002 * np.array(layers)
+    row = run(exact)
+    assert row["n"] == 7 and row["estimate"] == pytest.approx(-0.04, abs=1e-9)
+    assert row["ci_low"] == pytest.approx(-0.04, abs=1e-9)
+    # savings that follow size alone: the raw release trend is not zero, the controlled one is
+    by_size = 0.1 * log_active
+    assert run(by_size)["estimate"] == pytest.approx(0.0, abs=1e-9)
+    # 4 predictors need n >= 7
+    row = run(exact, n=6)
+    assert (
+        pd.isna(row["estimate"]) and row["note"] == "n too small: n=6 < 7 points for 4 predictors"
+    )

@@ -11,18 +11,32 @@ lists the models that failed.
 ``claim_statistics`` tests the study's claims per workload and headline metric:
 
 * ``release_trend``: OLS slope of the metric per year of release date,
-  y = a + b * release_year, with the t-based 95% CI b +- t_{0.975, n-2} * se(b),
-  and Spearman's rho with its p-value; over all models, within each family and
-  within each size band (``size_band``: <3B, 3-20B, >20B active parameters), so
-  that a generation trend is not read off a change of size.
-* ``params_trend``: the same against log10(total_params) (slope per decade).
+  y = a + b * release_year, with the t-based 95% CI b +- t_{0.975, n-2} * se(b)
+  (only for n >= 5 models: :data:`MIN_TREND_CI_MODELS`), and Spearman's rho with
+  its two-sided p-value (:func:`spearman_test`: exact over all n! orderings for
+  n <= 9, seeded Monte Carlo for n = 10, asymptotic above); over all models,
+  within each family and within each size band (``size_band``: <3B, 3-20B, >20B
+  active parameters), so that a generation trend is not read off a change of size.
+* ``release_trend_controlled``: the release-year coefficient of the multiple
+  regression y = a + b * release_year + c1 * log10(active params) + c2 *
+  log10(vocab_size) + c3 * num_layers with its t-based CI (df = n - k - 1 for k
+  predictors; a control constant over the models is dropped), reported only for
+  n >= k + 3 models (:func:`controlled_trend`).
+* ``params_trend``: the same as ``release_trend`` against log10(active params)
+  (compute claims: an MoE's active parameters; total parameters where no active
+  count is given), slope per decade; ``total_params_trend`` against
+  log10(total_params).
 * ``class_mean`` / ``class_difference``: mean of the metric per architecture
   class (dense, moe, ssm, hybrid) with a 95% percentile bootstrap CI over
   models, and the difference of every two class means (bootstrap resampling
-  models within each class; Welch's t-test p-value).
+  models within each class; Welch's t-test p-value); a CI and p only when each
+  class has >= 3 models (:data:`MIN_CLASS_CI_MODELS`).
 * ``base_vs_tuned_pair`` / ``base_vs_tuned``: d = tuned - base for each tuned
-  model whose ``base_model`` is in the study, and the mean paired difference
-  with its t-based CI (mean +- t_{0.975, n-1} * sd / sqrt(n)) and paired t-test.
+  model whose ``base_model`` is in the study, with the 95% percentile CI of a
+  paired document bootstrap (:func:`paired_document_bootstrap`: the same
+  resampled documents for both models, from the score JSONs'
+  ``document_sums``), and the mean paired difference over pairs with its
+  t-based CI (mean +- t_{0.975, n-1} * sd / sqrt(n)) and paired t-test.
 * ``control_vs_base_pair`` / ``control_vs_base``: the same for d = control - base,
   each positive control (``control: true``, trained for early exit) against its
   ``base_model``; controls enter no other cross-model analysis.
@@ -31,14 +45,15 @@ lists the models that failed.
 
 Cross-model analyses (trends, classes) count each independent model once
 (:mod:`exitbench.selection` says which models count in which analysis). Every row lists the
-models it used; rows with too few models carry ``n`` and a ``note`` instead of
-numbers. Bootstrap draws are seeded per row, so results do not depend on the
-order of the rows.
+models it used; rows with too few models carry ``n`` and a ``note`` starting
+``n too small`` instead of the numbers they cannot support. Bootstrap draws are
+seeded per row, so results do not depend on the order of the rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import json
 import logging
@@ -78,12 +93,17 @@ __all__ = [
     "STAT_METRICS",
     "TARGET_MET_COLUMNS",
     "AggregateError",
+    "active_params",
     "aggregate_files",
     "build_summary",
     "claim_statistics",
+    "controlled_trend",
     "decimal_year",
     "linear_trend",
     "model_metadata",
+    "paired_document_bootstrap",
+    "read_document_sums",
+    "spearman_test",
     "write_failure_summary",
     "write_statistics",
     "write_summary",
@@ -118,6 +138,7 @@ HEADLINE_DETAIL_METRICS: tuple[str, ...] = (
 TARGET_MET_COLUMNS: tuple[str, ...] = ("target_met_at_99", "target_met_at_95")
 #: Headline metrics whose trends and comparisons ``claim_statistics`` reports.
 STAT_METRICS: tuple[str, ...] = (
+    "savings_first",
     "oracle_savings",
     "savings_at_99",
     "savings_at_95",
@@ -179,6 +200,18 @@ STATISTICS_COLUMNS: tuple[str, ...] = (
     "note",
 )
 MIN_TREND_MODELS = 3
+#: Fewest models behind a trend's CI and OLS p-value (below: estimate only, ``n too small``).
+MIN_TREND_CI_MODELS = 5
+#: Fewest models per class behind a class mean's (or difference's) CI.
+MIN_CLASS_CI_MODELS = 3
+#: Spearman p-values: exact over all n! orderings up to this n, then seeded Monte Carlo
+#: up to SPEARMAN_PERMUTATION_MAX_N, then the asymptotic t approximation.
+SPEARMAN_EXACT_MAX_N = 9
+SPEARMAN_PERMUTATION_MAX_N = 10
+SPEARMAN_RESAMPLES = 100_000
+#: Controls of ``release_trend_controlled``: summary column -> transform.
+RELEASE_CONTROLS: tuple[str, ...] = ("log10(active_params)", "log10(vocab_size)", "num_layers")
+TOO_SMALL = "n too small"
 
 
 class AggregateError(ValueError):
@@ -370,17 +403,65 @@ def _rng(seed: int, *key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32("\x1f".join(key).encode())])
 
 
+@functools.cache
+def _orderings(n: int) -> np.ndarray:
+    """All n! orderings of 0..n-1, ``[n!, n]`` (int8), cached per n."""
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int8).reshape(-1, n)
+
+
+def spearman_test(x: Sequence[float], y: Sequence[float], seed: int = 0) -> tuple[float, float]:
+    """Spearman's rho of (x, y) and its two-sided p-value under H0: no association.
+
+    rho is Pearson's r of the (average) ranks. p is the share of orderings of y's
+    ranks whose |rho| is at least the observed one: over all n! orderings for
+    n <= :data:`SPEARMAN_EXACT_MAX_N` (exact), over :data:`SPEARMAN_RESAMPLES`
+    random orderings drawn with ``default_rng(seed)`` for n <=
+    :data:`SPEARMAN_PERMUTATION_MAX_N` (p = (hits + 1) / (resamples + 1)), and
+    from scipy's asymptotic t approximation above. n = 4, y in x's order:
+    rho = 1, p = 2/24 (the identity and the reversal). (nan, nan) when x or y is
+    constant or n < 3.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = x.size
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    cx = stats.rankdata(x) - (n + 1) / 2
+    cy = stats.rankdata(y) - (n + 1) / 2
+    observed = float(cx @ cy)
+    rho = observed / math.sqrt(float(cx @ cx) * float(cy @ cy))
+    if n > SPEARMAN_PERMUTATION_MAX_N:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return rho, float(stats.spearmanr(x, y).pvalue)
+    if n <= SPEARMAN_EXACT_MAX_N:
+        orderings = _orderings(n)
+    else:
+        rng = np.random.default_rng(seed)
+        orderings = rng.permuted(np.tile(np.arange(n), (SPEARMAN_RESAMPLES, 1)), axis=1)
+    permuted = np.abs(cy[orderings] @ cx)
+    hits = int((permuted >= abs(observed) - 1e-9 * max(1.0, abs(observed))).sum())
+    if n <= SPEARMAN_EXACT_MAX_N:
+        return rho, hits / orderings.shape[0]
+    return rho, (hits + 1) / (SPEARMAN_RESAMPLES + 1)
+
+
+def _too_small(n: int, needed: int, what: str) -> str:
+    return f"{TOO_SMALL}: n={n} < {needed} {what}"
+
+
 def linear_trend(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     """OLS y = a + b x with t-based 95% CI of b, and Spearman's rho of (x, y).
 
     Returns n, estimate (b), ci_low, ci_high (b -+ t_{0.975, n-2} se(b)),
-    intercept (a), p_value (H0: b = 0), spearman_rho, spearman_p, note (why a
-    value is missing: fewer than 3 points, constant x or constant y).
+    intercept (a), p_value (H0: b = 0), spearman_rho, spearman_p
+    (:func:`spearman_test`), note (why a value is missing: fewer than 3 points,
+    fewer than :data:`MIN_TREND_CI_MODELS` for the CI and p_value (``n too
+    small``), constant x or constant y).
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     out: dict[str, Any] = {"n": int(x.size)}
     if x.size < MIN_TREND_MODELS:
-        out["note"] = f"n={x.size} < {MIN_TREND_MODELS} points: not estimated"
+        out["note"] = _too_small(x.size, MIN_TREND_MODELS, "points: not estimated")
         return out
     if np.ptp(x) == 0:
         out["note"] = "x is the same for every point: no trend"
@@ -397,20 +478,70 @@ def linear_trend(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
         p_value = 2 * stats.t.sf(abs(slope) / se, df)
     else:  # an exact fit
         p_value = 0.0 if slope != 0 else 1.0
+    out.update(estimate=slope, intercept=float(y.mean() - slope * x.mean()))
+    notes = []
+    if x.size >= MIN_TREND_CI_MODELS:
+        out.update(ci_low=slope - half, ci_high=slope + half, p_value=float(p_value))
+    else:
+        notes.append(_too_small(x.size, MIN_TREND_CI_MODELS, "points for a CI"))
+    if np.ptp(y) == 0:
+        notes.append("metric is the same for every point: rho undefined")
+    else:
+        out["spearman_rho"], out["spearman_p"] = spearman_test(x, y)
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out
+
+
+def controlled_trend(
+    x: Sequence[float], y: Sequence[float], controls: Mapping[str, Sequence[float]]
+) -> dict[str, Any]:
+    """Coefficient b of x in the OLS fit y = a + b x + sum_j c_j z_j, with its t-based
+    95% CI b -+ t_{0.975, n-k-1} se(b) and p-value, where k counts x and the controls.
+
+    A control that is constant over the points is dropped (it cannot confound) and
+    named in ``note``. Reported only for n >= k + 3 points and a full-rank design;
+    else ``n`` and a ``note`` (``n too small``, or collinear predictors). ``intercept``
+    is a; the controls' coefficients are not reported.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    out: dict[str, Any] = {"n": int(x.size)}
+    kept = {name: np.asarray(z, dtype=np.float64) for name, z in controls.items()}
+    dropped = [name for name, z in kept.items() if z.size and np.ptp(z) == 0]
+    kept = {name: z for name, z in kept.items() if name not in dropped}
+    notes = [f"{', '.join(dropped)} constant over the models: not a control"] if dropped else []
+    k = 1 + len(kept)
+    if x.size < k + 3:
+        out["note"] = "; ".join([_too_small(x.size, k + 3, f"points for {k} predictors"), *notes])
+        return out
+    design = np.column_stack(
+        [np.ones(x.size), x - x.mean(), *[z - z.mean() for z in kept.values()]]
+    )
+    if np.linalg.matrix_rank(design) < k + 1:
+        out["note"] = "; ".join(["predictors are collinear: not estimated", *notes])
+        return out
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residuals = y - design @ coef
+    df = x.size - k - 1
+    sigma2 = float(residuals @ residuals) / df
+    se = math.sqrt(sigma2 * float(np.linalg.inv(design.T @ design)[1, 1]))
+    slope = float(coef[1])
+    half = stats.t.ppf(0.975, df) * se
+    if se > 0:
+        p_value = 2 * stats.t.sf(abs(slope) / se, df)
+    else:
+        p_value = 0.0 if slope != 0 else 1.0
+    intercept = float(coef[0] - slope * x.mean())
+    intercept -= sum(float(c) * z.mean() for c, z in zip(coef[2:], kept.values(), strict=True))
     out.update(
         estimate=slope,
         ci_low=slope - half,
         ci_high=slope + half,
-        intercept=float(y.mean() - slope * x.mean()),
+        intercept=intercept,
         p_value=float(p_value),
     )
-    if np.ptp(y) == 0:
-        out["note"] = "metric is the same for every point: rho undefined"
-        return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = stats.spearmanr(x, y)
-    out.update(spearman_rho=float(rho.statistic), spearman_p=float(rho.pvalue))
+    if notes:
+        out["note"] = "; ".join(notes)
     return out
 
 
@@ -441,7 +572,9 @@ def _trend_rows(
     by_size_band: bool = False,
 ) -> list[dict[str, Any]]:
     method = (
-        "OLS slope, t-based 95% CI; Spearman rho (two-sided p); one point per independent model"
+        f"OLS slope, t-based 95% CI (n >= {MIN_TREND_CI_MODELS}); Spearman rho, two-sided p "
+        f"exact over all n! orderings (n <= {SPEARMAN_EXACT_MAX_N}); one point per "
+        "independent model"
     )
     valid = rows[x_values.notna() & rows[metric].notna()]
     groups: list[tuple[str, pd.DataFrame]] = [("all", valid)]
@@ -498,11 +631,11 @@ def _class_rows(
             method=mean_method,
             models=_models_text(part["model"]),
         )
-        if v.size >= 2:
+        if v.size >= MIN_CLASS_CI_MODELS:
             boots[arch] = _bootstrap_mean(v, n_boot, _rng(seed, "class", workload, metric, arch))
             row["ci_low"], row["ci_high"] = _percentile(boots[arch])
         else:
-            row["note"] = "n=1 model: no CI"
+            row["note"] = _too_small(v.size, MIN_CLASS_CI_MODELS, "models for a CI")
         out.append(row)
     if not present:
         out.append(
@@ -541,7 +674,10 @@ def _class_rows(
                     warnings.simplefilter("ignore")
                     row["p_value"] = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
         else:
-            row["note"] = f"n={b.size} {first}, n={a.size} {second}: CI needs >= 2 per class"
+            row["note"] = (
+                f"{TOO_SMALL}: n={b.size} {first}, n={a.size} {second}: a CI needs "
+                f">= {MIN_CLASS_CI_MODELS} per class"
+            )
         out.append(row)
     return out
 
@@ -553,15 +689,95 @@ _PAIRINGS = {
 }
 
 
+def read_document_sums(
+    score_jsons: Mapping[tuple[str, str], str | Path | None],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(model, workload): its score JSON's document_sums}`` for the usable score JSONs
+    that have them (older ones do not: their pairs fall back to combined CIs)."""
+    out = {}
+    for pair, path in score_jsons.items():
+        data, _ = _read_score_json(Path(path) if path is not None else None)
+        if data is not None and isinstance(data.get("document_sums"), Mapping):
+            out[pair] = data["document_sums"]
+    return out
+
+
+def _document_ratio(
+    sums: Mapping[str, Any], metric: str
+) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """(document ids, numerators, denominators) of ``metric`` in a ``document_sums`` block."""
+    entry = (sums.get("metrics") or {}).get(metric)
+    if not isinstance(entry, Mapping):
+        return None
+    ids = list(sums.get("documents") or [])
+    if entry.get("split") == "heldout":
+        ids = [d for d, held in zip(ids, sums.get("heldout") or [], strict=False) if held]
+    num = np.asarray([math.nan if v is None else v for v in entry["numerator"]], np.float64)
+    den = np.asarray([math.nan if v is None else v for v in entry["denominator"]], np.float64)
+    if not (len(ids) == num.size == den.size):
+        return None
+    return ids, num, den
+
+
+def paired_document_bootstrap(
+    first: Mapping[str, Any],
+    second: Mapping[str, Any],
+    metric: str,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> dict[str, Any] | None:
+    """d = metric(second) - metric(first) over the documents both scored, with the 95%
+    percentile CI of a paired document bootstrap.
+
+    ``first``/``second`` are the ``document_sums`` of two score JSONs, where
+    ``metric = sum_d num_d / sum_d den_d``. Each resample draws documents with
+    replacement (``rng.integers(0, n, (n_boot, n))`` over the shared documents, in
+    sorted id order) and uses the same draw for both models:
+    ``d* = sum num2[draw] / sum den2[draw] - sum num1[draw] / sum den1[draw]``. So
+    a difference that is the same on every document has a zero-width CI, however
+    much the documents differ. Returns ``{estimate, ci_low, ci_high, n_documents}``,
+    or None when either block lacks ``metric`` or no document is shared.
+    """
+    a, b = _document_ratio(first, metric), _document_ratio(second, metric)
+    if a is None or b is None:
+        return None
+    index_a = {d: i for i, d in enumerate(a[0])}
+    index_b = {d: i for i, d in enumerate(b[0])}
+    shared = sorted(set(index_a) & set(index_b))
+    if not shared:
+        return None
+    ia = np.array([index_a[d] for d in shared])
+    ib = np.array([index_b[d] for d in shared])
+    num_a, den_a, num_b, den_b = a[1][ia], a[2][ia], b[1][ib], b[2][ib]
+    with np.errstate(all="ignore"):
+        estimate = num_b.sum() / den_b.sum() - num_a.sum() / den_a.sum()
+        out = {"estimate": float(estimate), "n_documents": len(shared)}
+        if n_boot > 0:
+            draws = rng.integers(0, len(shared), size=(n_boot, len(shared)))
+            boot = num_b[draws].sum(1) / den_b[draws].sum(1)
+            boot -= num_a[draws].sum(1) / den_a[draws].sum(1)
+            boot = boot[np.isfinite(boot)]
+            if boot.size:
+                out["ci_low"], out["ci_high"] = _percentile(boot)
+    return out if math.isfinite(out["estimate"]) else None
+
+
 def _paired_rows(
-    workload: str, metric: str, rows: pd.DataFrame, analysis: str = "base_vs_tuned"
+    workload: str,
+    metric: str,
+    rows: pd.DataFrame,
+    analysis: str = "base_vs_tuned",
+    document_sums: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     find_pairs, x, difference, pair_name = _PAIRINGS[analysis]
     by_model = rows.set_index("model")
+    document_sums = document_sums or {}
     diffs, used, out = [], [], []
-    pair_method = (
+    combined_method = (
         f"{difference}; CI combines the two bootstrap CIs as if independent "
-        "(conservative when both share documents)"
+        "(the score JSONs keep no per-document sums of this metric for a paired bootstrap)"
     )
     for tuned, base in find_pairs(rows):
         t, b = by_model.loc[tuned], by_model.loc[base]
@@ -573,7 +789,6 @@ def _paired_rows(
             x=x,
             unit="metric",
             n=1,
-            method=pair_method,
             models=_models_text([base, tuned]),
         )
         if pd.isna(t[metric]) or pd.isna(b[metric]):
@@ -582,6 +797,28 @@ def _paired_rows(
             continue
         d = float(t[metric] - b[metric])
         row["estimate"] = d
+        paired = None
+        if (base, workload) in document_sums and (tuned, workload) in document_sums:
+            paired = paired_document_bootstrap(
+                document_sums[(base, workload)],
+                document_sums[(tuned, workload)],
+                metric,
+                n_boot,
+                _rng(seed, analysis, workload, tuned, base),  # same draws for every metric
+            )
+        if paired is not None:
+            row["estimate"] = d = paired["estimate"]
+            row["ci_low"], row["ci_high"] = paired.get("ci_low"), paired.get("ci_high")
+            row["method"] = (
+                f"{difference}; 95% percentile CI of a paired document bootstrap (the same "
+                f"resampled documents for both models, {n_boot} resamples, "
+                f"{paired['n_documents']} documents)"
+            )
+            diffs.append(d)
+            used += [base, tuned]
+            out.append(row)
+            continue
+        row["method"] = combined_method
         bounds = [t[f"{metric}_ci_low"], t[f"{metric}_ci_high"]]
         bounds += [b[f"{metric}_ci_low"], b[f"{metric}_ci_high"]]
         if not any(pd.isna(v) for v in bounds):
@@ -642,17 +879,67 @@ def _checkpoint_rows(workload: str, metric: str, rows: pd.DataFrame) -> list[dic
     return out
 
 
+def _log10_positive(values: pd.Series) -> pd.Series:
+    values = pd.to_numeric(values, errors="coerce").astype("float64")
+    return np.log10(values.where(values > 0))
+
+
+def active_params(rows: pd.DataFrame) -> pd.Series:
+    """Active parameters per row (an MoE's per-token count), total parameters where no
+    active count is given (dense models: all parameters are active)."""
+    active = pd.to_numeric(rows["active_params"], errors="coerce").astype("float64")
+    return active.fillna(pd.to_numeric(rows["total_params"], errors="coerce").astype("float64"))
+
+
+def _controlled_rows(workload: str, metric: str, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    controls = {
+        "log10(active_params)": _log10_positive(active_params(rows)),
+        "log10(vocab_size)": _log10_positive(rows["vocab_size"]),
+        "num_layers": pd.to_numeric(rows["num_layers"], errors="coerce").astype("float64"),
+    }
+    known = rows["release_year"].notna() & rows[metric].notna()
+    for values in controls.values():
+        known &= values.notna()
+    part = rows[known]
+    result = controlled_trend(
+        part["release_year"].to_numpy(dtype=np.float64),
+        part[metric].to_numpy(dtype=np.float64),
+        {name: values[known].to_numpy() for name, values in controls.items()},
+    )
+    return [
+        _row(
+            analysis="release_trend_controlled",
+            workload=workload,
+            metric=metric,
+            group="all",
+            x="release_year",
+            unit="per year",
+            method=(
+                "multiple OLS regression on release_year, "
+                + ", ".join(RELEASE_CONTROLS)
+                + "; release_year coefficient with t-based 95% CI (df = n - k - 1), "
+                "reported for n >= k + 3; one point per independent model"
+            ),
+            models=_models_text(part["model"]),
+            **result,
+        )
+    ]
+
+
 def claim_statistics(
     summary: pd.DataFrame,
     metrics: Sequence[str] = STAT_METRICS,
     n_boot: int = 2000,
     seed: int = 0,
+    document_sums: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Trend, class, base/tuned and checkpoint statistics (columns ``STATISTICS_COLUMNS``).
 
     One block of rows per workload and metric; see the module docstring for
-    every formula and for which models each analysis uses. Never fails for
-    lack of data: such rows have ``n`` and a ``note``.
+    every formula and for which models each analysis uses. ``document_sums``
+    (:func:`read_document_sums`) feeds the paired document bootstrap of the
+    base/tuned and control/base pairs; without it their CIs combine the two
+    models' CIs. Never fails for lack of data: such rows have ``n`` and a ``note``.
     """
     unknown = [m for m in metrics if m not in summary.columns]
     if unknown:
@@ -661,7 +948,9 @@ def claim_statistics(
     for workload in pd.unique(summary["workload"]):
         rows = summary[summary["workload"] == workload]
         independent = independent_models(rows)
-        log10_params = np.log10(independent["total_params"].where(independent["total_params"] > 0))
+        log10_active = _log10_positive(active_params(independent))
+        log10_total = _log10_positive(independent["total_params"])
+        ok = rows[rows["status"] == "ok"]
         for metric in metrics:
             out += _trend_rows(
                 "release_trend",
@@ -674,19 +963,30 @@ def claim_statistics(
                 by_family=True,
                 by_size_band=True,
             )
+            out += _controlled_rows(workload, metric, independent)
             out += _trend_rows(
                 "params_trend",
                 workload,
                 metric,
                 independent,
-                "log10(total_params)",
-                log10_params,
-                "per decade of parameters",
+                "log10(active_params)",
+                log10_active,
+                "per decade of active parameters",
                 by_family=True,
             )
+            out += _trend_rows(
+                "total_params_trend",
+                workload,
+                metric,
+                independent,
+                "log10(total_params)",
+                log10_total,
+                "per decade of total parameters",
+                by_family=False,
+            )
             out += _class_rows(workload, metric, independent, n_boot, seed)
-            out += _paired_rows(workload, metric, rows[rows["status"] == "ok"])
-            out += _paired_rows(workload, metric, rows[rows["status"] == "ok"], "control_vs_base")
+            for analysis in _PAIRINGS:
+                out += _paired_rows(workload, metric, ok, analysis, document_sums, n_boot, seed)
             out += _checkpoint_rows(workload, metric, rows)
     frame = pd.DataFrame(out, columns=list(STATISTICS_COLUMNS))
     frame["n"] = frame["n"].astype("Int64")
@@ -760,7 +1060,8 @@ def aggregate_files(
         summary["model"].nunique(),
         summary["workload"].nunique(),
     )
-    statistics = claim_statistics(summary, n_boot=n_boot, seed=seed)
+    document_sums = read_document_sums(score_jsons)
+    statistics = claim_statistics(summary, n_boot=n_boot, seed=seed, document_sums=document_sums)
     params = {
         "seed": seed,
         "bootstrap": n_boot,
