@@ -346,3 +346,90 @@ def test_base_vs_tuned_points_are_the_paired_differences_of_the_table(drawn):
     xs = [line.get_xdata()[0] for line in ax.lines if len(line.get_xdata()) == 1]
     assert pair["estimate"] == pytest.approx(0.26 - 0.30)
     assert xs[0] == pair["estimate"]
+
+
+# ---------------------------------------------------------------- issue 9 items 6 and 9
+
+
+def test_checkpoint_figure_ticks_legend_and_ci_bands(drawn):
+    """Log-x labels on decades only (no minor labels to collide), the checkpoint legend
+    beside the agreement panel (never over a curve), and a CI band per checkpoint curve
+    drawn from the scores table's agreement_ci_low / agreement_ci_high."""
+    root, _, _, figures = drawn
+    fig = figures["checkpoints"]
+    fig.canvas.draw()
+    savings = panel(fig, "pythia-160m: savings vs training")
+    assert all(not label.get_text() for label in savings.xaxis.get_minorticklabels())
+    agreement = panel(fig, "pythia-160m: agreement")
+    legend = agreement.get_legend()
+    assert legend.get_window_extent().x0 >= agreement.get_window_extent().x1
+    bands = agreement.collections
+    assert len(bands) == 4  # steps 0, 1000, 10000, 143000
+    curve = read_table(root / "results" / "scores" / "pythia-step1000" / "docs.parquet", "scores")
+    curve = curve.to_pandas().sort_values("layer")
+    (path,) = bands[1].get_paths()
+    vertices = path.vertices
+    n = len(curve)
+    # fill_between: lower edge left to right, then upper edge right to left
+    np.testing.assert_array_equal(vertices[1 : n + 1, 1], curve["agreement_ci_low"])
+    np.testing.assert_array_equal(vertices[n + 2 : 2 * n + 2, 1], curve["agreement_ci_high"][::-1])
+
+
+def test_arch_comparison_says_n_too_small_where_the_table_does(drawn):
+    _, statistics, _, figures = drawn
+    ax = panel(figures["arch_comparison"], plots.METRIC_TITLES["oracle_savings"])
+    means = statistics[
+        (statistics["analysis"] == "class_mean") & (statistics["metric"] == "oracle_savings")
+    ]
+    small = means[means["note"].fillna("").str.startswith("n too small")]
+    assert set(small["group"]) == {"moe", "ssm", "hybrid"}  # one model each; dense has 5
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("n too small (n = 1)") == len(small)
+
+
+def test_params_trend_puts_models_at_their_active_parameters(drawn):
+    _, statistics, summary, figures = drawn
+    ax = panel(figures["params_trend"], plots.METRIC_TITLES["oracle_savings"])
+    assert ax.get_xlabel() == "active parameters (count, log scale)"
+    mixtral = summary[summary["model"] == "mixtral"].iloc[0]
+    points = {round(y, 12): x for x, y, _, _ in errorbar_ranges(ax)}
+    assert points[round(mixtral["oracle_savings"], 12)] == pytest.approx(12.9e9)
+    stat = stat_row(statistics, "params_trend", "oracle_savings", "all")
+    assert stat["x"] == "log10(active_params)"
+    (trend,) = [line for line in ax.lines if len(line.get_xdata()) > 1]
+    x, y = np.log10(trend.get_xdata()), np.asarray(trend.get_ydata())
+    np.testing.assert_allclose(y, stat["intercept"] + stat["estimate"] * x, rtol=1e-12)
+
+
+def _in_memory_study(root: Path, names: list[str], **entry_overrides) -> plots.Study:
+    models = {
+        name: ({**FAKE_MODELS[name][0], **entry_overrides}, *FAKE_MODELS[name][1:])
+        for name in names
+    }
+    study = write_fake_study(root, models=models, workloads=("docs",), failed=())
+    summary = aggregate.build_summary(study.score_jsons, study.models)
+    headlines = {key: json.loads(path.read_text()) for key, path in study.score_jsons.items()}
+    curves = pd.concat([read_table(p, "scores").to_pandas() for p in study.curves.values()])
+    statistics = aggregate.claim_statistics(summary, n_boot=50)
+    return plots.Study(summary, curves, statistics, headlines)
+
+
+def test_release_trend_of_zoo_models_says_dates_are_assigned_and_n_too_small(tmp_path):
+    names = ["gpt2-small", "llama-7b", "mixtral", "mamba"]
+    study = _in_memory_study(tmp_path, names, path="results/zoo/run/final")
+    figures = render_keeping_figures(plots.release_trend, study, tmp_path / "figures")
+    fig = figures["release_trend"]
+    assert fig.get_suptitle() == (
+        "Release dates are assigned labels (zoo models trained here), not history"
+    )
+    ax = panel(fig, plots.METRIC_TITLES["oracle_savings"])
+    stat = study.statistics.set_index(["analysis", "metric", "group"]).loc[
+        ("release_trend", "oracle_savings", "all")
+    ]
+    assert stat["n"] == 4 and pd.isna(stat["ci_low"])
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "(n too small for a CI)" in texts and "n = 4" in texts
+    # hub models (no results/zoo path): no such note
+    hub = _in_memory_study(tmp_path / "hub", names)
+    figures = render_keeping_figures(plots.release_trend, hub, tmp_path / "hub-figures")
+    assert figures["release_trend"].get_suptitle() == ""

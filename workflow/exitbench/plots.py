@@ -38,10 +38,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from . import aggregate, selection  # noqa: E402
 from .tables import read_table  # noqa: E402
+from .zoo.plan import zoo_run_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,21 @@ FIGURE_METRICS = (
     "net_flop_savings_at_99",
 )
 METRIC_LABELS: dict[str, str] = {
-    "oracle_savings": "oracle savings\n(share of layers skipped)",
+    "savings_first": "first-agreement savings S_first\n(share of layers skipped)",
+    "oracle_savings": "settled savings S_settled\n(share of layers skipped)",
     "savings_at_99": "savings at 99% consistency\n(share of layers skipped)",
     "savings_at_95": "savings at 95% consistency\n(share of layers skipped)",
     "consistency_savings_auc": "consistency-savings AUC\n(area, 0-1)",
-    "oracle_net_flop_savings": "oracle net FLOP savings\n(share of FLOPs saved)",
+    "oracle_net_flop_savings": "net FLOP savings at e_sat\n(share of FLOPs saved)",
     "net_flop_savings_at_99": "net FLOP savings at 99%\n(share of FLOPs saved)",
 }
 METRIC_TITLES: dict[str, str] = {
-    "oracle_savings": "Oracle savings",
+    "savings_first": "S_first (first agreement: the bound)",
+    "oracle_savings": "S_settled (settled prediction)",
     "savings_at_99": "Savings at 99% consistency",
     "savings_at_95": "Savings at 95% consistency",
     "consistency_savings_auc": "Consistency-savings AUC",
-    "oracle_net_flop_savings": "Oracle net FLOP savings",
+    "oracle_net_flop_savings": "Net FLOP savings at e_sat",
     "net_flop_savings_at_99": "Net FLOP savings at 99%",
 }
 RC_PARAMS: dict[str, Any] = {
@@ -562,6 +565,7 @@ def _trend_figure(
     empty_text: str,
     log_x: bool,
     slope_unit: str,
+    figure_note: Callable[[pd.DataFrame], str | None] | None = None,
 ) -> list[Path]:
     metrics = FIGURE_METRICS
     points = _independent(study)
@@ -570,6 +574,9 @@ def _trend_figure(
         return _single_message_figure(out_dir, stem, empty_text)
     nrows, ncols = _grid(len(metrics))
     fig, axes = _figure(nrows, ncols, 3.6, 2.9)
+    note = figure_note(with_x) if figure_note is not None else None
+    if note:
+        fig.suptitle(note, fontsize=8, color="#A0301E")
     n_work = len(study.workloads)
     label_models = 0 < with_x["model"].nunique() <= 14
     trend_drawn: set[int] = set()
@@ -608,9 +615,13 @@ def _trend_figure(
                     linewidth=1.0,
                     zorder=1,
                 )
+                ci = (
+                    f"[{_fmt(stat['ci_low'], 2)}, {_fmt(stat['ci_high'], 2)}]"
+                    if pd.notna(stat["ci_low"])
+                    else f"({aggregate.TOO_SMALL} for a CI)"
+                )
                 notes.append(
-                    f"{prefix}slope {_fmt(stat['estimate'], 2)}{slope_unit} "
-                    f"[{_fmt(stat['ci_low'], 2)}, {_fmt(stat['ci_high'], 2)}], "
+                    f"{prefix}slope {_fmt(stat['estimate'], 2)}{slope_unit} {ci}, "
                     f"ρ = {_fmt(stat['spearman_rho'], 2)}, n = {stat['n']}"
                 )
             elif stat:
@@ -657,6 +668,21 @@ def _trend_figure(
     return _save(fig, out_dir, stem)
 
 
+def _is_zoo_model(path: Any) -> bool:
+    return isinstance(path, str) and zoo_run_dir(path) is not None
+
+
+def zoo_date_note(points: pd.DataFrame) -> str | None:
+    """What the release-date figure must say when some of its models are zoo models
+    (``path`` under ``results/zoo/``), whose release dates are labels we assigned."""
+    zoo = points.drop_duplicates("model")["path"].map(_is_zoo_model)
+    if zoo.empty or not zoo.any():
+        return None
+    if zoo.all():
+        return "Release dates are assigned labels (zoo models trained here), not history"
+    return f"Release dates of the {int(zoo.sum())} zoo models are assigned labels, not history"
+
+
 @_styled
 def release_trend(study: Study, out_dir: str | Path) -> list[Path]:
     """Headline suitability vs release date, coloured by class, OLS trend lines.
@@ -676,19 +702,21 @@ def release_trend(study: Study, out_dir: str | Path) -> list[Path]:
         "no release dates in this study",
         log_x=False,
         slope_unit="/yr",
+        figure_note=zoo_date_note,
     )
 
 
 @_styled
 def params_trend(study: Study, out_dir: str | Path) -> list[Path]:
-    """Headline suitability vs total parameters (log x), OLS trend per decade of parameters."""
+    """Headline suitability vs active parameters (log x; an MoE's per-token count, total
+    parameters where no active count is given), OLS trend per decade of parameters."""
     return _trend_figure(
         study,
         out_dir,
         "params_trend",
         "params_trend",
-        lambda rows: rows["total_params"].where(rows["total_params"] > 0),
-        "total parameters (count, log scale)",
+        lambda rows: aggregate.active_params(rows).where(aggregate.active_params(rows) > 0),
+        "active parameters (count, log scale)",
         "no parameter counts in this study",
         log_x=True,
         slope_unit="/decade",
@@ -757,6 +785,18 @@ def arch_comparison(study: Study, out_dir: str | Path) -> list[Path]:
                         linestyle="",
                         zorder=4,
                     )
+                elif stat and str(stat.get("note") or "").startswith(aggregate.TOO_SMALL):
+                    ax.annotate(  # vertical: fits over a bar beside another workload's
+                        f"{aggregate.TOO_SMALL} (n = {stat['n']})",
+                        (x, max(mean, part[metric].max())),
+                        xytext=(0, 4),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom",
+                        rotation=90,
+                        fontsize=5.5,
+                        color="#555555",
+                    )
         ax.set_xticks(range(len(present)), [a or "unknown" for a in present])
         ax.set_xlabel("architecture class")
         ax.set_ylabel(METRIC_LABELS[metric])
@@ -773,7 +813,7 @@ def arch_comparison(study: Study, out_dir: str | Path) -> list[Path]:
             marker="|",
             markersize=10,
             linestyle="",
-            label="95% bootstrap CI over models",
+            label=f"95% bootstrap CI over models (n >= {aggregate.MIN_CLASS_CI_MODELS})",
         ),
         Line2D(
             [],
@@ -852,7 +892,7 @@ def base_vs_tuned(study: Study, out_dir: str | Path) -> list[Path]:
             color="#777777",
             marker="o",
             linestyle="-",
-            label="pair (combined bootstrap CIs)",
+            label="pair (paired document bootstrap CI)",
         ),
         Line2D(
             [],
@@ -919,6 +959,9 @@ def checkpoints(study: Study, out_dir: str | Path) -> list[Path]:
                     **_marker_style(study, workload, color),
                 )
         ax.set_xscale("log")
+        # labels on decades only: minor-tick labels of a short log range collide
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{run}: savings vs training")
         ax.set_xlabel("1 + training step (log scale)")
         ax.set_ylabel("savings\n(share of layers skipped)")
@@ -940,13 +983,29 @@ def checkpoints(study: Study, out_dir: str | Path) -> list[Path]:
                     color=_shade(base, amount),
                     label=f"step {int(step):,}" if pd.notna(step) else member["model"],
                 )
+                if "agreement_ci_low" in curve and curve["agreement_ci_low"].notna().any():
+                    ax.fill_between(
+                        curve["layer_fraction"],
+                        curve["agreement_ci_low"],
+                        curve["agreement_ci_high"],
+                        color=_shade(base, amount),
+                        alpha=0.18,
+                        linewidth=0,
+                    )
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
             ax.set_xlabel("layer / L")
             ax.set_ylabel("agreement with final top-1\n(share of tokens)")
-            ax.legend(loc="upper left", title="checkpoint", title_fontsize=7)
+            # beside the panel, so it never covers a curve
+            ax.legend(
+                loc="upper left",
+                bbox_to_anchor=(1.02, 1.0),
+                borderaxespad=0,
+                title="checkpoint",
+                title_fontsize=7,
+            )
     handles: list[Any] = [
-        Line2D([], [], color="#555555", linestyle=style, label=METRIC_TITLES[metric].lower())
+        Line2D([], [], color="#555555", linestyle=style, label=METRIC_TITLES[metric])
         for metric, style in CHECKPOINT_METRICS
     ]
     if n_work > 1:
@@ -961,6 +1020,9 @@ def checkpoints(study: Study, out_dir: str | Path) -> list[Path]:
             linestyle="",
             label="95% bootstrap CI",
         )
+    )
+    handles.append(
+        matplotlib.patches.Patch(facecolor="#CCCCCC", label="agreement: 95% bootstrap CI")
     )
     _figure_legend(fig, handles)
     return _save(fig, out_dir, stem)
