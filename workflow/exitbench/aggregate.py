@@ -1033,13 +1033,15 @@ def aggregate_files(
     n_boot: int = 2000,
     log_dir: str | Path | None = None,
     failures: Mapping[tuple[str, str], str] | None = None,
+    decode_jsons: Mapping[tuple[str, str], str | Path] | None = None,
 ) -> pd.DataFrame:
     """File-to-file entry point of the aggregate rule; returns the summary.
 
     With ``log_dir`` (the workflow's ``results/logs``), a failed pair's error
     names the first failed job's own error line, not just the missing file.
     ``failures`` (pair -> reason, from :func:`pair_failure`) marks pairs ``failed``
-    whatever their score JSON holds.
+    whatever their score JSON holds. ``decode_jsons`` (pair -> results/decode JSON) fills
+    the ``decode_*`` columns (:func:`exitbench.decode.summary_columns`; null for other pairs).
     """
     failures = failures or {}
     score_jsons = {pair: (None if pair in failures else path) for pair, path in score_jsons.items()}
@@ -1051,6 +1053,8 @@ def aggregate_files(
             reason = job_failure(Path(log_dir), model, workload)
         if reason:
             summary.at[index, "error"] = reason
+    if decode_jsons:
+        summary = _with_decode_columns(summary, decode_jsons)
     write_summary(summary, summary_parquet, summary_csv)
     n_failed = int((summary["status"] == "failed").sum())
     log.info(
@@ -1071,6 +1075,20 @@ def aggregate_files(
     write_statistics(statistics, statistics_csv, statistics_json, params)
     log.info("statistics: %d rows", len(statistics))
     return summary
+
+
+def _with_decode_columns(
+    summary: pd.DataFrame, decode_jsons: Mapping[tuple[str, str], str | Path]
+) -> pd.DataFrame:
+    """``summary`` with each pair's realised decoding (the decode stage's JSON) joined in."""
+    from .decode import summary_columns
+
+    values = [
+        summary_columns(decode_jsons.get((model, workload)))
+        for model, workload in zip(summary["model"], summary["workload"], strict=True)
+    ]
+    decoded = pd.DataFrame(values, index=summary.index)
+    return _typed(pd.concat([summary.drop(columns=list(decoded.columns)), decoded], axis=1))
 
 
 def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Path]:

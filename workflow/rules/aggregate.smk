@@ -10,6 +10,8 @@ rule aggregate:
     input:
         scores=[f"results/scores/{model}/{workload}.json" for model, workload in PAIRS],
         models=expand("results/models/{model}.json", model=MODELS),
+        # realised decoding (workflow/rules/decode.smk) joins the summary's decode_* columns
+        decode=[f"results/decode/{m}/{w}.json" for m, w in decode_pairs()],
     output:
         summary="results/summary.parquet",
         summary_csv=report(
@@ -31,6 +33,7 @@ rule aggregate:
         "../../envs/exitbench.yaml"
     params:
         pairs=PAIRS,
+        decode_pairs=decode_pairs(),
         log_dir="results/logs",
         models=MODELS,
         # only what the summary shows: editing a model's resources reruns nothing here

@@ -14,4 +14,8 @@ aggregate.aggregate_files(
     statistics_json=snakemake.output.statistics_json,
     seed=snakemake.params.seed,
     log_dir=snakemake.params.log_dir,
+    decode_jsons={
+        tuple(pair): path
+        for pair, path in zip(snakemake.params.decode_pairs, snakemake.input.decode, strict=True)
+    },
 )
