@@ -244,3 +244,69 @@ def test_the_tuned_lens_package_loads_ours(tiny_model_dirs, tmp_path, kind):
             torch.testing.assert_close(
                 ours.decode(states[index], index), expected, rtol=0, atol=1e-6
             )
+
+
+@pytest.mark.slow
+def test_pipeline_extracts_and_scores_both_lenses(tiny_model_dirs, tmp_path):
+    """lenses: [logit, tuned] through Snakemake: translators, tuned shards beside the logit
+    ones (same columns, one forward pass), scores-tuned, summary-tuned; logit paths kept."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    study = {
+        "seed": 0,
+        "models": {
+            name: {
+                "path": str(tiny_model_dirs[kind]),
+                "family": f"test-{kind}",
+                "release": release,
+                "arch": "dense",
+                "total_params": 1e5,
+            }
+            for name, kind, release in [
+                ("tiny-llama", "llama", "2023-07"),
+                ("tiny-gpt2", "gpt2", "2019-02"),
+            ]
+        },
+        "workloads": {"docs": {"source": "embedded", "name": "python-docs", "max_docs": 12}},
+        "tokenize": {"seq_len": 32, "max_sequences": 8},
+        "extract": {"top_k": 3, "batch_size": 4, "shard_sequences": 8},
+        "score": {"bootstrap": 20, "thresholds": 11},
+        "lenses": ["logit", "tuned"],
+        "translators": {"steps": 3, "tokens_per_step": 64},
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    targets = ["results/summary.parquet", "results/summary-tuned.parquet"]
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile")]
+        + ["--directory", str(tmp_path), "--configfile", str(tmp_path / "study.yaml")]
+        + ["--cores", "1", *targets],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    results = tmp_path / "results"
+    folder = results / "translators" / "tiny-llama"
+    for name in ("config.json", "params.pt", "training.json", "loss.png"):
+        assert (folder / name).is_file(), name
+    logit = tables.read_table(results / "lens/tiny-llama/docs/shard-0.parquet", "lens")
+    tuned = tables.read_table(results / "lens-tuned/tiny-llama/docs/shard-0.parquet", "lens")
+    assert logit.column_names == tuned.column_names and logit.num_rows == tuned.num_rows
+    assert logit["cos_prev"].equals(tuned["cos_prev"])  # a hidden-state measure
+    logit_rows, tuned_rows = logit.to_pandas(), tuned.to_pandas()
+    last = logit_rows["layer"] == 3  # layer L: the model's own logits under both lenses
+    assert logit_rows[last]["top1"].tolist() == tuned_rows[last]["top1"].tolist()
+    assert not np.array_equal(logit_rows["entropy"], tuned_rows["entropy"])  # trained
+    headline = json.loads((results / "scores-tuned/tiny-llama/docs.json").read_text())
+    assert headline["lens"] == "tuned" and headline["flops"]["translator"] == 2 * 32 * 32
+    plain = json.loads((results / "scores/tiny-llama/docs.json").read_text())
+    assert plain["lens"] == "logit" and "translator" not in plain["flops"]
+    summary = tables.read_table(results / "summary.parquet", "summary").to_pandas()
+    summary_tuned = tables.read_table(results / "summary-tuned.parquet", "summary").to_pandas()
+    assert set(summary["lens"]) == {"logit"} and set(summary_tuned["lens"]) == {"tuned"}
+    assert summary_tuned[["model", "workload"]].equals(summary[["model", "workload"]])
+    assert (results / "statistics-tuned.json").is_file()

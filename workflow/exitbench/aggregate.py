@@ -294,8 +294,11 @@ def build_summary(
     score_jsons: Mapping[tuple[str, str], str | Path | None],
     models: Mapping[str, Mapping[str, Any]],
     model_infos: Mapping[str, str | Path] | None = None,
+    lens: str = "logit",
 ) -> pd.DataFrame:
     """One row per (model, workload) pair of ``score_jsons``, in its order.
+
+    ``lens`` (logit | tuned) fills the ``lens`` column: which lens's scores these are.
 
     ``models`` is the config's ``models:`` section (metadata filled from the
     registry; unknown values null or ``?``, which become null here),
@@ -321,6 +324,7 @@ def build_summary(
             "workload": workload,
             "status": "ok" if data is not None else "failed",
             "error": error,
+            "lens": lens,
         }
         for key in METADATA_KEYS:
             row[key] = _known(entry.get(key))
@@ -1034,8 +1038,12 @@ def aggregate_files(
     log_dir: str | Path | None = None,
     failures: Mapping[tuple[str, str], str] | None = None,
     decode_jsons: Mapping[tuple[str, str], str | Path] | None = None,
+    lens: str = "logit",
 ) -> pd.DataFrame:
     """File-to-file entry point of the aggregate rule; returns the summary.
+
+    Called once per lens: ``lens="tuned"`` with the tuned lens's score JSONs
+    (results/scores-tuned) writes results/summary-tuned.* and statistics-tuned.*.
 
     With ``log_dir`` (the workflow's ``results/logs``), a failed pair's error
     names the first failed job's own error line, not just the missing file.
@@ -1045,7 +1053,7 @@ def aggregate_files(
     """
     failures = failures or {}
     score_jsons = {pair: (None if pair in failures else path) for pair, path in score_jsons.items()}
-    summary = build_summary(score_jsons, models, model_infos)
+    summary = build_summary(score_jsons, models, model_infos, lens=lens)
     for index in summary.index[summary["status"] == "failed"]:
         model, workload = summary.at[index, "model"], summary.at[index, "workload"]
         reason = failures.get((model, workload))

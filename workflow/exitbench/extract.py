@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 
 from exitbench import fused as fused_lens
 from exitbench import models, tables
-from exitbench.lens import LogitLens
+from exitbench.lens import LogitLens, TunedLens
 from exitbench.tokens import TokenizeError
+from exitbench.translators import load_tuned_lens
 
 logger = logging.getLogger(__name__)
 
@@ -424,6 +425,36 @@ def reduce_layers(
         )
 
 
+def reduce_both_lenses(
+    lens: LogitLens,
+    tuned: TunedLens,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    top_k: int,
+    token_chunk: int | None = None,
+    fused: bool | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Logit-lens and tuned-lens statistics of a batch from ONE forward pass.
+
+    The tuned lens is the logit lens on the translated states
+    (:meth:`TunedLens.translate_states`), so both go through the same reduction.
+    ``cos_prev`` is a property of the hidden states, not of the lens: the tuned
+    result carries the logit result's (cosines of the untranslated states).
+    """
+    with torch.inference_mode():
+        hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
+        logit = reduce_hidden_states(
+            lens, hidden_states, input_ids, attention_mask, top_k, token_chunk, fused
+        )
+        translated = tuned.translate_states(hidden_states)
+        del hidden_states
+        result = reduce_hidden_states(
+            lens, translated, input_ids, attention_mask, top_k, token_chunk, fused
+        )
+    result["cos_prev"] = logit["cos_prev"]
+    return logit, result
+
+
 def _window_batches(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids`` and ``attention_mask`` (int64) for a list of windows."""
     length = max(len(window) for window in windows)
@@ -495,8 +526,14 @@ def extract_shard(
     device: str = "auto",
     seed: int = 0,
     threads: int | None = None,
+    tuned_out_path: str | Path | None = None,
+    translators_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the ``lens`` table of shard ``shard_index`` of a tokens table; return run statistics.
+
+    With ``tuned_out_path`` and ``translators_dir`` (a tuned-lens folder) the tuned
+    lens's table of the same windows is written there too, from the same forward
+    passes (:func:`reduce_both_lenses`).
 
     The shard holds the windows with seq_id in
     [shard_index * shard_sequences, (shard_index + 1) * shard_sequences); a
@@ -516,10 +553,15 @@ def extract_shard(
             "shard %d of %s has no windows: writing an empty table", shard_index, tokens_path
         )
         tables.write_table(to_table(_empty_result(top_k), seq_ids), out_path, "lens")
+        if tuned_out_path is not None:
+            tables.write_table(to_table(_empty_result(top_k), seq_ids), tuned_out_path, "lens")
         return _stats(model_name, shard_index, 0, 0, 0, 0, batch_size, started, None, None)
 
     model, dtype = models.load_model(model_name, entry, device)
     lens = LogitLens.from_model(model)
+    tuned = None
+    if tuned_out_path is not None:
+        tuned = load_tuned_lens(translators_dir, lens, model_name)
     _check_vocabulary(model_name, model, windows, seq_ids, top_k)
     on_cpu = _model_device(model).type == "cpu"
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -536,6 +578,7 @@ def extract_shard(
         out_path,
     )
     results: list[dict[str, np.ndarray]] = []
+    tuned_results: list[dict[str, np.ndarray]] = []
     loop_started = time.perf_counter()
     done_tokens = 0
     start = 0
@@ -549,9 +592,19 @@ def extract_shard(
             target = _model_device(model)
             out_of_memory = False
             try:
-                result = reduce_layers(
-                    lens, input_ids.to(target), attention_mask.to(target), top_k, token_chunk
-                )
+                if tuned is None:
+                    result = reduce_layers(
+                        lens, input_ids.to(target), attention_mask.to(target), top_k, token_chunk
+                    )
+                else:
+                    result, tuned_result = reduce_both_lenses(
+                        lens,
+                        tuned,
+                        input_ids.to(target),
+                        attention_mask.to(target),
+                        top_k,
+                        token_chunk,
+                    )
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -572,6 +625,9 @@ def extract_shard(
                 continue
             result["row"] = result["row"] + start
             results.append(result)
+            if tuned is not None:
+                tuned_result["row"] = tuned_result["row"] + start
+                tuned_results.append(tuned_result)
             start += len(batch)
             done_tokens += int(attention_mask.sum())
             progress.update(len(batch))
@@ -582,6 +638,8 @@ def extract_shard(
         if on_cpu:
             torch.use_deterministic_algorithms(deterministic)
     tables.write_table(to_table(_concat(results, top_k), seq_ids), out_path, "lens")
+    if tuned_out_path is not None:
+        tables.write_table(to_table(_concat(tuned_results, top_k), seq_ids), tuned_out_path, "lens")
     return _stats(
         model_name,
         shard_index,

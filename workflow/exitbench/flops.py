@@ -89,6 +89,7 @@ __all__ = [
     "layer_flops",
     "layer_state_flops",
     "parameter_counts",
+    "tuned_lens_flops",
 ]
 
 
@@ -646,6 +647,12 @@ def head_flops(config: Mapping[str, Any]) -> float:
     return float(2 * d * vocab)
 
 
+def tuned_lens_flops(config: Mapping[str, Any]) -> float:
+    """Per-token FLOPs of one tuned-lens translator, h + A h + b: ``2 d^2``."""
+    d = _hidden(_Config(config))
+    return float(2 * d * d)
+
+
 @dataclass(frozen=True)
 class FlopModel:
     """Per-token FLOPs of layers 1..L, of the head, of a cosine check, and what
@@ -656,6 +663,8 @@ class FlopModel:
     head: float
     state_kv: tuple[float, ...] | None = None
     cosine: float = 0.0
+    # the tuned lens's translator h + A h + b before each head check: 2 d^2 (0: logit lens)
+    translator: float = 0.0
     cumulative: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -702,7 +711,7 @@ class FlopModel:
         checked = np.concatenate([[0], np.cumsum(np.asarray(schedule, dtype=np.int64))])
         if check == "head":
             checks = np.concatenate([[0], checked[:-1]])  # scheduled layers l < e
-            c = self.head
+            c = self.head + self.translator
         elif check == "cosine":
             checks = checked  # scheduled layers l <= e (layer L is never scheduled)
             c = self.cosine
@@ -736,6 +745,7 @@ class FlopModel:
             "full": self.full,
             "cosine": self.cosine,
             "state_kv": None if self.state_kv is None else list(self.state_kv),
+            **({"translator": self.translator} if self.translator else {}),
         }
 
 

@@ -12,6 +12,11 @@ rule aggregate:
         models=expand("results/models/{model}.json", model=MODELS),
         # realised decoding (workflow/rules/decode.smk) joins the summary's decode_* columns
         decode=[f"results/decode/{m}/{w}.json" for m, w in decode_pairs()],
+        # lenses: [logit, tuned]: the tuned lens's scores, summarised apart (same columns)
+        tuned_scores=[
+            f"results/scores-tuned/{model}/{workload}.json"
+            for model, workload in (PAIRS if TUNED_LENS else [])
+        ],
     output:
         summary="results/summary.parquet",
         summary_csv=report(
@@ -25,6 +30,16 @@ rule aggregate:
             category="Tables",
         ),
         statistics_json="results/statistics.json",
+        **(
+            {
+                "summary_tuned": "results/summary-tuned.parquet",
+                "summary_tuned_csv": "results/summary-tuned.csv",
+                "statistics_tuned": "results/statistics-tuned.csv",
+                "statistics_tuned_json": "results/statistics-tuned.json",
+            }
+            if TUNED_LENS
+            else {}
+        ),
     log:
         "results/logs/aggregate/aggregate.log",
     benchmark:

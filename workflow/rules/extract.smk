@@ -1,11 +1,23 @@
-# Stage 3: the logit lens, one shard of windows per job (GPU where present).
+# Stage 3: the logit lens, one shard of windows per job (GPU where present); with
+# `lenses: [logit, tuned]` the tuned lens's shard too, from the same forward passes.
+TUNED_LENS = "tuned" in config["lenses"]
+
+
 rule extract:
     input:
         tokens="results/tokens/{model}/{workload}.parquet",
         model_info="results/models/{model}.json",
         weights=model_files("weights"),
+        translators=lambda wildcards: (
+            [f"results/translators/{wildcards.model}"] if TUNED_LENS else []
+        ),
     output:
         "results/lens/{model}/{workload}/shard-{shard}.parquet",
+        **(
+            {"tuned": "results/lens-tuned/{model}/{workload}/shard-{shard}.parquet"}
+            if TUNED_LENS
+            else {}
+        ),
     log:
         "results/logs/extract/{model}/{workload}/shard-{shard}.log",
     benchmark:

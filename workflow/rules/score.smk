@@ -35,3 +35,31 @@ rule score:
         seed=config["seed"],
     script:
         "../scripts/score.py"
+
+
+def tuned_lens_shards(wildcards):
+    return expand(
+        "results/lens-tuned/{model}/{workload}/shard-{shard}.parquet",
+        model=wildcards.model,
+        workload=wildcards.workload,
+        shard=range(N_SHARDS),
+    )
+
+
+# The same scoring of the tuned lens's shards (lenses: [logit, tuned]), beside the logit
+# lens's: its head checks also pay the translator, 2 d^2 FLOPs each.
+use rule score as score_tuned with:
+    input:
+        shards=tuned_lens_shards,
+        tokens="results/tokens/{model}/{workload}.parquet",
+        model_info="results/models/{model}.json",
+        workload="results/workloads/{workload}.json",
+    output:
+        curves="results/scores-tuned/{model}/{workload}.parquet",
+        headline="results/scores-tuned/{model}/{workload}.json",
+    log:
+        "results/logs/score-tuned/{model}/{workload}.log",
+    benchmark:
+        "results/benchmarks/score-tuned/{model}/{workload}.tsv"
+    params:
+        lens="tuned",

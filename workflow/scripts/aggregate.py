@@ -19,3 +19,16 @@ aggregate.aggregate_files(
         for pair, path in zip(snakemake.params.decode_pairs, snakemake.input.decode, strict=True)
     },
 )
+if "summary_tuned" in snakemake.output.keys():  # lenses: [logit, tuned]
+    aggregate.aggregate_files(
+        dict(zip(pairs, snakemake.input.tuned_scores, strict=True)),
+        snakemake.params.metadata,
+        dict(zip(snakemake.params.models, snakemake.input.models, strict=True)),
+        summary_parquet=snakemake.output.summary_tuned,
+        summary_csv=snakemake.output.summary_tuned_csv,
+        statistics_csv=snakemake.output.statistics_tuned,
+        statistics_json=snakemake.output.statistics_tuned_json,
+        seed=snakemake.params.seed,
+        log_dir=snakemake.params.log_dir,
+        lens="tuned",
+    )

@@ -18,4 +18,7 @@ extract.extract_shard(
     device=knobs["device"],
     seed=snakemake.params.seed,
     threads=snakemake.threads,
+    # lenses: [logit, tuned]: the tuned lens's shard from the same forward passes
+    tuned_out_path=snakemake.output.get("tuned"),
+    translators_dir=snakemake.input.translators[0] if snakemake.input.translators else None,
 )

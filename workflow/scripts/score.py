@@ -28,6 +28,8 @@ score.score_files(
         **{key: getattr(snakemake.params, key) for key in SETTINGS},
         "seq_len": snakemake.params.seq_len,
         "max_sequences": snakemake.config["tokenize"]["max_sequences"],
+        # rule score_tuned scores the tuned lens's shards (results/scores-tuned)
+        "lens": snakemake.params.get("lens", "logit"),
     },
     seed=snakemake.params.seed,
     workload=snakemake.wildcards.workload,
