@@ -235,7 +235,7 @@ def study(device: str, smoke: bool) -> tuple[str, str]:
             "--directory", str(workdir), "--configfile", str(workdir / "study.yaml"),
             "--cores", "4", "--resources", "gpu=1",
         ]  # fmt: skip
-        result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=240)
+        result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=280)
         shards = sorted((workdir / "results" / "lens").rglob("shard-*.parquet"))
         summary = (workdir / "results" / "summary.parquet").exists()
         logs = " ".join(p.read_text(errors="replace") for p in workdir.rglob("*.log"))
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "agree-fp32": (lambda: agreement(device, "float32"), 60),
         "agree-bf16": (lambda: agreement(device, "bfloat16"), 60),
         "oom": (lambda: out_of_memory(device), 150),
-        "study": (lambda: study(device, args.cpu_smoke), 240),
+        "study": (lambda: study(device, args.cpu_smoke), 280),
         "decode": (lambda: decode(out), 120),
     }
     checks = [

@@ -1096,7 +1096,7 @@ def _with_decode_columns(
         for model, workload in zip(summary["model"], summary["workload"], strict=True)
     ]
     decoded = pd.DataFrame(values, index=summary.index)
-    return _typed(pd.concat([summary.drop(columns=list(decoded.columns)), decoded], axis=1))
+    return _typed(pd.concat([summary.drop(columns=list(decoded.columns), errors="ignore"), decoded], axis=1))
 
 
 def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Path]:
