@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
@@ -18,6 +19,7 @@ from tiny_configs import CASES
 from transformers import AutoModelForCausalLM
 
 from exitbench import decode, metrics
+from exitbench.aggregate import _with_decode_columns
 from exitbench.decode import BlockRunner, DecodeError, ExitPolicy
 from exitbench.extract import reduce_hidden_states
 from exitbench.lens import LogitLens
@@ -345,6 +347,27 @@ def test_decode_files_writes_both_outputs_from_heldout_prompts(
     assert summary["realised"]["full"]["block_savings"]["estimate"] == 0
     predicted = summary["predicted"]["self_speculative"]["self_speculative/k=2/gamma=2"]
     assert predicted["tokens_per_pass"] == pytest.approx((1 - 0.7**3) / (1 - 0.7))
+    # the study summary's decode_* columns come from this JSON
+    columns = decode.summary_columns(out_json)
+    realised = summary["realised"]
+    assert (
+        columns["decode_recompute_agreement"]
+        == realised["early_exit/recompute"]["agreement"]["estimate"]
+    )
+    best = columns["decode_speculative_variant"]
+    assert columns["decode_speculative_flop_speedup"] == pytest.approx(
+        1 / (1 - realised[best]["flop_savings"]["estimate"])
+    )
+    assert (
+        columns["decode_speculative_predicted_flop_speedup"]
+        == (summary["predicted"]["self_speculative"][best]["flop_speedup"])
+    )
+    frame = pd.DataFrame({"model": ["tiny", "other"], "workload": ["w", "w"]})
+    joined = _with_decode_columns(frame, {("tiny", "w"): out_json})
+    assert joined.loc[0, "decode_propagate_flop_savings"] == pytest.approx(
+        realised["early_exit/propagate"]["flop_savings"]["estimate"]
+    )
+    assert pd.isna(joined.loc[1, "decode_propagate_flop_savings"])  # no decode run: null
 
 
 def test_bad_stage_input_leaves_no_output(tiny_model_dirs, tmp_path):

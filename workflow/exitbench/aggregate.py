@@ -1096,7 +1096,8 @@ def _with_decode_columns(
         for model, workload in zip(summary["model"], summary["workload"], strict=True)
     ]
     decoded = pd.DataFrame(values, index=summary.index)
-    return _typed(pd.concat([summary.drop(columns=list(decoded.columns), errors="ignore"), decoded], axis=1))
+    kept = summary.drop(columns=list(decoded.columns), errors="ignore")
+    return _typed(pd.concat([kept, decoded], axis=1))
 
 
 def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Path]:

@@ -1109,3 +1109,68 @@ def validate_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
             f"decode summary does not match decode.schema.json at {where}: {errors[0].message}"
         )
     return clean
+
+
+# ---------------------------------------------------------------- into the study summary
+
+#: Summary columns from the decode JSON (schema ``summary``): realised beside predicted.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "decode_full_tokens_per_s",
+    "decode_recompute_block_savings",
+    "decode_recompute_flop_savings",
+    "decode_recompute_wall_speedup",
+    "decode_recompute_agreement",
+    "decode_propagate_block_savings",
+    "decode_propagate_flop_savings",
+    "decode_propagate_wall_speedup",
+    "decode_propagate_agreement",
+    "decode_speculative_variant",
+    "decode_speculative_wall_speedup",
+    "decode_speculative_flop_speedup",
+    "decode_speculative_predicted_flop_speedup",
+    "decode_speculative_acceptance_rate",
+)
+
+
+def summary_columns(path: str | Path | None) -> dict[str, Any]:
+    """The :data:`SUMMARY_COLUMNS` of one decode JSON (all None when it is absent).
+
+    ``decode_<strategy>_*``: the early-exit variant's block and FLOP savings,
+    wall-clock speed-up over ``full`` and agreement with it;
+    ``decode_speculative_*``: the self-speculative variant with the highest
+    realised FLOP speed-up ``1 / (1 - flop_savings)``, its wall-clock speed-up,
+    the speed-up the lens predicted for it and its acceptance rate.
+    """
+    import json
+
+    out: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+    if path is None or not Path(path).exists():
+        return out
+    data = json.loads(Path(path).read_text())
+    realised = data.get("realised", {})
+
+    def estimate(entry: Mapping[str, Any], key: str) -> float | None:
+        value = entry.get(key)
+        return value.get("estimate") if isinstance(value, Mapping) else None
+
+    out["decode_full_tokens_per_s"] = estimate(realised.get("full", {}), "tokens_per_s")
+    for strategy in STRATEGIES:
+        entry = realised.get(f"early_exit/{strategy}", {})
+        for key in ("block_savings", "flop_savings", "wall_speedup", "agreement"):
+            out[f"decode_{strategy}_{key}"] = estimate(entry, key)
+    speculative = {k: v for k, v in realised.items() if v.get("method") == "self_speculative"}
+
+    def flop_speedup(entry: Mapping[str, Any]) -> float:
+        savings = estimate(entry, "flop_savings")
+        return -math.inf if savings is None or savings >= 1 else 1 / (1 - savings)
+
+    if speculative:
+        name = max(sorted(speculative), key=lambda k: flop_speedup(speculative[k]))
+        entry = speculative[name]
+        predicted = data.get("predicted", {}).get("self_speculative", {}).get(name, {})
+        out["decode_speculative_variant"] = name
+        out["decode_speculative_wall_speedup"] = estimate(entry, "wall_speedup")
+        out["decode_speculative_flop_speedup"] = flop_speedup(entry)
+        out["decode_speculative_predicted_flop_speedup"] = predicted.get("flop_speedup")
+        out["decode_speculative_acceptance_rate"] = estimate(entry, "acceptance_rate")
+    return out
