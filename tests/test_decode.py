@@ -19,7 +19,7 @@ from tiny_configs import CASES
 from transformers import AutoModelForCausalLM
 
 from exitbench import decode, metrics
-from exitbench.aggregate import _with_decode_columns
+from exitbench.aggregate import _typed, _with_decode_columns
 from exitbench.decode import BlockRunner, DecodeError, ExitPolicy
 from exitbench.extract import reduce_hidden_states
 from exitbench.lens import LogitLens
@@ -362,7 +362,7 @@ def test_decode_files_writes_both_outputs_from_heldout_prompts(
         columns["decode_speculative_predicted_flop_speedup"]
         == (summary["predicted"]["self_speculative"][best]["flop_speedup"])
     )
-    frame = pd.DataFrame({"model": ["tiny", "other"], "workload": ["w", "w"]})
+    frame = _typed(pd.DataFrame({"model": ["tiny", "other"], "workload": ["w", "w"]}))
     joined = _with_decode_columns(frame, {("tiny", "w"): out_json})
     assert joined.loc[0, "decode_propagate_flop_savings"] == pytest.approx(
         realised["early_exit/propagate"]["flop_savings"]["estimate"]

@@ -1096,8 +1096,10 @@ def _with_decode_columns(
         for model, workload in zip(summary["model"], summary["workload"], strict=True)
     ]
     decoded = pd.DataFrame(values, index=summary.index)
-    kept = summary.drop(columns=list(decoded.columns), errors="ignore")
-    return _typed(pd.concat([kept, decoded], axis=1))
+    out = summary.copy()
+    for column in decoded.columns:  # the summary (from _typed) has every schema column
+        out[column] = decoded[column].astype(summary[column].dtype)
+    return out
 
 
 def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Path]:
