@@ -33,6 +33,39 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+def write_fake_decode(results: Path, pairs) -> dict[tuple[str, str], Path]:
+    """A decode JSON per pair (decode stage, schema decode.schema.json) with made-up numbers."""
+    paths = {}
+    for i, (model, workload) in enumerate(sorted(pairs)):
+
+        def ci(value):
+            return {"estimate": value, "ci_low": value - 0.05, "ci_high": value + 0.05}
+
+        realised = {
+            "full": {"method": "full", "tokens_per_s": ci(100.0)},
+            "early_exit/recompute": {
+                "method": "early_exit",
+                **{k: ci(0.1 + 0.02 * i) for k in ("block_savings", "flop_savings")},
+                "wall_speedup": ci(0.9), "agreement": ci(1.0),
+            },
+            "early_exit/propagate": {
+                "method": "early_exit",
+                **{k: ci(0.2 + 0.02 * i) for k in ("block_savings", "flop_savings")},
+                "wall_speedup": ci(1.1), "agreement": ci(0.9),
+            },
+            "self_speculative/k=2/gamma=4": {
+                "method": "self_speculative", "flop_savings": ci(0.3),
+                "wall_speedup": ci(1.2), "acceptance_rate": ci(0.6),
+            },
+        }  # fmt: skip
+        predicted = {"self_speculative": {"self_speculative/k=2/gamma=4": {"flop_speedup": 1.5}}}
+        path = results / "decode" / model / f"{workload}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"realised": realised, "predicted": predicted}))
+        paths[(model, workload)] = path
+    return paths
+
+
 def render_study(root: Path, **study_kwargs) -> tuple[Path, list[Path]]:
     """Write a fake study, aggregate it and render every figure through the file entry point."""
     study = write_fake_study(root, **study_kwargs)
@@ -46,6 +79,7 @@ def render_study(root: Path, **study_kwargs) -> tuple[Path, list[Path]]:
         results / "statistics.csv",
         results / "statistics.json",
         n_boot=200,
+        decode_jsons=write_fake_decode(results, study.score_jsons),
     )
     out = root / "figures"
     paths = plots.figures_from_files(

@@ -55,6 +55,7 @@ __all__ = [
     "arch_comparison",
     "base_vs_tuned",
     "checkpoints",
+    "decode_realised",
     "figures_from_files",
     "load_study",
     "model_colors",
@@ -1200,6 +1201,70 @@ def tradeoff(study: Study, out_dir: str | Path) -> list[Path]:
 
 
 #: Figure stem -> function (stems are fixed: tests, the Snakefile and the report use them).
+#: (summary column, label) of the potential-vs-realised figure's savings panel, left to right.
+DECODE_SAVINGS = (
+    ("oracle_savings", "oracle S_settled (lens)"),
+    ("savings_at_99", "policy at 99% (lens)"),
+    ("decode_recompute_block_savings", "realised blocks (recompute)"),
+    ("decode_recompute_flop_savings", "realised FLOPs (recompute)"),
+    ("decode_propagate_flop_savings", "realised FLOPs (propagate)"),
+)
+#: (summary column, label) of its speed-up panel.
+DECODE_SPEEDUPS = (
+    ("decode_recompute_wall_speedup", "early exit, recompute (wall)"),
+    ("decode_propagate_wall_speedup", "early exit, propagate (wall)"),
+    ("decode_speculative_wall_speedup", "self-speculative (wall)"),
+    ("decode_speculative_flop_speedup", "self-speculative (FLOPs)"),
+    ("decode_speculative_predicted_flop_speedup", "self-speculative (FLOPs, predicted)"),
+)
+
+
+@_styled
+def decode_realised(study: Study, out_dir: str | Path) -> list[Path]:
+    """Potential vs realised per model: the lens's oracle and 99%-policy savings beside the
+    block and FLOP savings measured in free greedy generation (decode stage), and the
+    realised speed-ups over full decoding (1 = none) beside the predicted one. Draws the
+    summary's ``decode_*`` columns as aggregate wrote them."""
+    stem = "decode_realised"
+    summary = study.ok()
+    if (
+        "decode_full_tokens_per_s" not in summary
+        or summary["decode_full_tokens_per_s"].isna().all()
+    ):
+        return _single_message_figure(out_dir, stem, "no decode results in this study")
+    workloads = [
+        w
+        for w in study.workloads
+        if summary[summary["workload"] == w]["decode_full_tokens_per_s"].notna().any()
+    ]
+    fig, axes = _figure(2, len(workloads), max(4.0, 0.9 * summary["model"].nunique() + 1.5), 2.6)
+    palette = plt.get_cmap("tab10")
+    for w, workload in enumerate(workloads):
+        rows = summary[
+            (summary["workload"] == workload) & summary["decode_full_tokens_per_s"].notna()
+        ]
+        order = [m for m in _model_order(rows) if m in set(rows["model"])]
+        rows = rows.set_index("model").loc[order]
+        x = np.arange(len(order))
+        for panel, (columns, ylabel) in enumerate(
+            ((DECODE_SAVINGS, "savings (share)"), (DECODE_SPEEDUPS, "speed-up over full (x)"))
+        ):
+            ax = axes[panel, w]
+            width = 0.8 / len(columns)
+            for i, (column, label) in enumerate(columns):
+                values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+                ax.bar(x - 0.4 + (i + 0.5) * width, values, width, color=palette(i), label=label)
+            ax.axhline(1.0 if panel else 0.0, color="#555555", linewidth=0.8, linestyle="--")
+            ax.set_xticks(x)
+            ax.set_xticklabels(order, rotation=30, ha="right")
+            ax.set_ylabel(ylabel)
+            if panel == 0:
+                ax.set_title(f"{workload}: potential (lens) vs realised (decode)")
+            if w == len(workloads) - 1:  # right of the last column: clear of every panel
+                ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, out_dir, stem)
+
+
 FIGURES: dict[str, Callable[[Study, str | Path], list[Path]]] = {
     "agreement_curves": agreement_curves,
     "release_trend": release_trend,
@@ -1209,6 +1274,7 @@ FIGURES: dict[str, Callable[[Study, str | Path], list[Path]]] = {
     "checkpoints": checkpoints,
     "saturation_hist": saturation_hist,
     "tradeoff": tradeoff,
+    "decode_realised": decode_realised,
 }
 
 

@@ -36,6 +36,7 @@ FIGURES = [
     "checkpoints",
     "saturation_hist",
     "tradeoff",
+    "decode_realised",
 ]
 LOAD_KEYS = ("path", "hf_id", "revision", "dtype")
 

@@ -53,6 +53,11 @@ rule figures:
             caption="../report/checkpoints.rst",
             category="5. Training checkpoints",
         ),
+        decode_realised=report(
+            "figures/decode_realised.png",
+            caption="../report/decode_realised.rst",
+            category="6. Realised decoding",
+        ),
     log:
         "results/logs/figures/figures.log",
     benchmark:
