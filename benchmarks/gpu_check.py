@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "workflow"), str(REPO)])}
-BUDGET_S = 460  # the whole run; a part that would start past it is skipped
+BUDGET_S = 460  # the whole run (gpu_check.sh kills at 480); parts get what is left of it
 
 
 class Check:
@@ -48,14 +48,18 @@ class Check:
         self.part, self.status, self.detail, self.seconds = part, "SKIP", "", 0.0
 
 
-def run_part(part: str, fn: Callable[[], tuple[str, str]], started: float, limit_s: int) -> Check:
+def run_part(
+    part: str, fn: Callable[[int], tuple[str, str]], started: float, limit_s: int
+) -> Check:
+    """Run one part with at most ``limit_s`` seconds, fewer where the budget has less left."""
     check = Check(part)
-    if time.perf_counter() - started + limit_s > BUDGET_S + 60:
+    left = int(BUDGET_S - (time.perf_counter() - started))
+    if left < 30:
         check.detail = "skipped: the 8-minute budget is spent"
         return check
     t0 = time.perf_counter()
     try:
-        check.status, check.detail = fn()
+        check.status, check.detail = fn(min(limit_s, left))
     except Exception as err:  # noqa: BLE001 - every failure becomes a FAIL row
         check.status, check.detail = "FAIL", f"{type(err).__name__}: {err}"[:300]
         traceback.print_exc()
@@ -64,7 +68,7 @@ def run_part(part: str, fn: Callable[[], tuple[str, str]], started: float, limit
     return check
 
 
-def bench(out: Path, device: str, smoke: bool) -> tuple[str, str]:
+def bench(out: Path, device: str, smoke: bool, limit_s: int) -> tuple[str, str]:
     rows_path = out / "extract_bench.json"
     args = ["--json", str(rows_path), "--device", device]
     if smoke:
@@ -77,7 +81,7 @@ def bench(out: Path, device: str, smoke: bool) -> tuple[str, str]:
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=200,
+        timeout=limit_s,
     )
     (out / "extract_bench.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -179,7 +183,7 @@ print(json.dumps({"batch_size": stats["batch_size"], "rows": same, "cap_mib": ca
 """
 
 
-def out_of_memory(device: str) -> tuple[str, str]:
+def out_of_memory(device: str, limit_s: int) -> tuple[str, str]:
     if not device.startswith("cuda"):
         return "SKIP", "needs CUDA (torch.cuda.set_per_process_memory_fraction)"
     with tempfile.TemporaryDirectory() as work:
@@ -188,7 +192,7 @@ def out_of_memory(device: str) -> tuple[str, str]:
             env=ENV,
             capture_output=True,
             text=True,
-            timeout=150,
+            timeout=limit_s,
         )
     if result.returncode != 0:
         return "FAIL", f"exit {result.returncode}: {result.stderr[-250:]}"
@@ -203,7 +207,7 @@ def out_of_memory(device: str) -> tuple[str, str]:
     )
 
 
-def study(device: str, smoke: bool) -> tuple[str, str]:
+def study(device: str, smoke: bool, limit_s: int) -> tuple[str, str]:
     import yaml
 
     sys.path.insert(0, str(REPO))
@@ -235,7 +239,7 @@ def study(device: str, smoke: bool) -> tuple[str, str]:
             "--directory", str(workdir), "--configfile", str(workdir / "study.yaml"),
             "--cores", "4", "--resources", "gpu=1",
         ]  # fmt: skip
-        result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=280)
+        result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=limit_s)
         shards = sorted((workdir / "results" / "lens").rglob("shard-*.parquet"))
         summary = (workdir / "results" / "summary.parquet").exists()
         logs = " ".join(p.read_text(errors="replace") for p in workdir.rglob("*.log"))
@@ -249,16 +253,17 @@ def study(device: str, smoke: bool) -> tuple[str, str]:
     )
 
 
-def decode(out: Path) -> tuple[str, str]:
+def decode(out: Path, smoke: bool, limit_s: int) -> tuple[str, str]:
     script = REPO / "benchmarks" / "decode_bench.py"
     if not script.exists():
         return "SKIP", "benchmarks/decode_bench.py has not landed yet"
     result = subprocess.run(
-        [sys.executable, str(script), "--json", str(out / "decode_bench.json")],
+        [sys.executable, str(script), "--json", str(out / "decode_bench.json")]
+        + (["--quick"] if smoke else []),
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=limit_s,
     )
     (out / "decode_bench.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -296,13 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    parts: dict[str, tuple[Callable[[], tuple[str, str]], int]] = {
-        "bench": (lambda: bench(out, device, args.cpu_smoke), 200),
-        "agree-fp32": (lambda: agreement(device, "float32"), 60),
-        "agree-bf16": (lambda: agreement(device, "bfloat16"), 60),
-        "oom": (lambda: out_of_memory(device), 150),
-        "study": (lambda: study(device, args.cpu_smoke), 280),
-        "decode": (lambda: decode(out), 120),
+    parts: dict[str, tuple[Callable[[int], tuple[str, str]], int]] = {
+        "bench": (lambda limit: bench(out, device, args.cpu_smoke, limit), 180),
+        "agree-fp32": (lambda limit: agreement(device, "float32"), 60),
+        "agree-bf16": (lambda limit: agreement(device, "bfloat16"), 60),
+        "oom": (lambda limit: out_of_memory(device, limit), 100),
+        "study": (lambda limit: study(device, args.cpu_smoke, limit), 240),
+        "decode": (lambda limit: decode(out, args.cpu_smoke, limit), 100),
     }
     checks = [
         run_part(name, fn, started, limit)
