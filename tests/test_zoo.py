@@ -11,13 +11,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from exitbench import workloads, zoo
+from exitbench import selection, workloads, zoo
 from exitbench.config import ConfigError, validate_config
+from exitbench.lens import LogitLens
+from exitbench.zoo import layerskip
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 3
@@ -377,6 +380,17 @@ zoo-llama-s-tuned:
   active_params: 2656384
   tuning: tuned
   base_model: zoo-llama-s
+zoo-llama-s-ee:
+  path: results/zoo/llama-s-ee/final
+  family: zoo-llama
+  generation: newer recipe
+  release: "2023-07"
+  arch: dense
+  total_params: 2656384
+  active_params: 2656384
+  tuning: base
+  control: true
+  base_model: zoo-llama-s
 zoo-llama-s-step-50:
   path: results/zoo/llama-s/checkpoints/step-50
   family: zoo-llama
@@ -597,3 +611,189 @@ def test_zoo_rules_dry_run(tmp_path):
         if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     assert counts == {"all": 1, "zoo_data": 1, "zoo_tokenizer": 1, "zoo_train": 6}
+
+
+# --------------------------------------------------------------------------- LayerSkip training
+
+EE_SETTINGS = {  # zoo.runs.<run>.early_exit with the schema's defaults written out
+    "layer_dropout": 0.1,
+    "dropout_depth_scale": "exponential",
+    "dropout_time_scale": "exponential",
+    "loss_scale": 1.0,
+    "curriculum": "none",
+    "rotation": 2,
+}
+
+
+def test_layer_dropout_rates_rise_with_depth():
+    assert layerskip.dropout_rates(5, 0.2, depth_scale="linear") == pytest.approx(
+        [0.0, 0.05, 0.1, 0.15, 0.2]
+    )
+    # D(l) = 2^(l/(L-1)) - 1: 0, 2^(1/4) - 1, sqrt 2 - 1, 2^(3/4) - 1, 1
+    exponential = [0.0, 2**0.25 - 1, 2**0.5 - 1, 2**0.75 - 1, 1.0]
+    assert layerskip.dropout_rates(5, 0.2) == pytest.approx([0.2 * d for d in exponential])
+    # S(t) = 2^((t-1)/(T-1)) - 1: no dropout at the first step, p_max at the last
+    timed = {"steps": 11, "depth_scale": "linear", "time_scale": "exponential"}
+    assert layerskip.dropout_rates(3, 0.4, step=1, **timed) == [0.0, 0.0, 0.0]
+    assert layerskip.dropout_rates(3, 0.4, step=6, **timed) == pytest.approx(
+        [0.0, 0.2 * (2**0.5 - 1), 0.4 * (2**0.5 - 1)]
+    )
+    assert layerskip.dropout_rates(3, 0.4, step=11, **timed) == pytest.approx([0.0, 0.2, 0.4])
+
+
+def test_early_exit_weights_are_layerskips_e_scale():
+    # L = 4, e_scale 1: e = 0, 1, 3 for blocks 0..2, the last 3 + 3 = 6; sum 10
+    assert layerskip.early_exit_weights(4, 1.0) == pytest.approx([0.0, 0.1, 0.3, 0.6])
+    # e_scale 0.5: 0, 0.5, 1.5 and 3 + 1.5 = 4.5; sum 6.5
+    assert layerskip.early_exit_weights(4, 0.5) == pytest.approx(
+        [0, 0.5 / 6.5, 1.5 / 6.5, 4.5 / 6.5]
+    )
+    assert layerskip.early_exit_weights(4, 0.0) == [0.0, 0.0, 0.0, 1.0]  # e_scale 0: plain training
+    # rotational R = 2 at step 1: blocks with (l + 1) mod 2 = 0, i.e. block 1, and the last
+    assert layerskip.early_exit_weights(4, 1.0, 1, "rotational", 2) == pytest.approx(
+        [0, 1 / 7, 0, 6 / 7]
+    )
+    assert layerskip.early_exit_weights(4, 1.0, 2, "rotational", 2) == pytest.approx(
+        [0, 0, 3 / 9, 6 / 9]
+    )
+
+
+def _tiny_llama(layers: int = 4, seed: int = 0) -> torch.nn.Module:
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def test_layer_dropout_skips_a_block_per_sample_in_training_only():
+    model = _tiny_llama()
+    ids = torch.randint(0, 64, (64, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(input_ids=ids, output_hidden_states=True).hidden_states
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    with (
+        torch.no_grad(),
+        layerskip.layer_dropout(model.model.layers, lambda i: ([0, 1, 0.5, 0][i], generator)),
+    ):
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        model.eval()
+        evaluated = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert torch.equal(hidden[1], plain[1])  # block 0: p = 0
+    assert torch.equal(hidden[2], hidden[1])  # block 1: p = 1, every sample skips (h stays)
+    skipped = (hidden[3] == hidden[2]).flatten(1).all(1)  # block 2: p = 0.5, per sample
+    assert 16 < int(skipped.sum()) < 48
+    assert torch.equal(skipped, (hidden[3] == hidden[2]).flatten(1).any(1))  # whole samples
+    for a, b in zip(evaluated, plain, strict=True):  # eval mode: no dropout
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():  # the hooks are gone after the block
+        after = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert all(torch.equal(a, b) for a, b in zip(after, plain, strict=True))
+
+
+def test_early_exit_loss_is_the_lens_cross_entropy_weighted_by_depth():
+    """J = 0.1 CE_2 + 0.3 CE_3 + 0.6 CE_4 for L = 4, e_scale 1, with CE_l the cross entropy of
+    the logit lens (exitbench.lens.LogitLens: the model's own final norm and head) at layer l."""
+    model = _tiny_llama()
+    ids = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(2))
+    lens = LogitLens.from_model(model)
+    hidden = lens.forward_hidden_states(ids)
+
+    @torch.no_grad()
+    def lens_ce(layer: int) -> float:
+        logits = lens.decode(hidden[layer], layer)[:, :-1]
+        return float(
+            torch.nn.functional.cross_entropy(logits.reshape(-1, 64), ids[:, 1:].flatten())
+        )
+
+    settings = {**EE_SETTINGS, "layer_dropout": 0.0}
+    training = layerskip.EarlyExitTraining(model, settings, steps=10, seed=0)
+    model.train()
+    with torch.no_grad():
+        loss, final = training.loss(ids, step=1)
+    training.remove_hooks()
+    expected = 0.0 * lens_ce(1) + 0.1 * lens_ce(2) + 0.3 * lens_ce(3) + 0.6 * lens_ce(4)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1]
+    plain = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), ids[:, 1:].flatten())
+    assert float(final) == float(plain) == pytest.approx(lens_ce(4), rel=1e-6)
+
+
+def test_early_exit_training_is_seeded():
+
+    ids = torch.randint(0, 64, (32, 8), generator=torch.Generator().manual_seed(3))
+    settings = {**EE_SETTINGS, "layer_dropout": 0.5, "dropout_time_scale": "constant"}
+
+    def losses(seed: int) -> list[float]:
+        model = _tiny_llama()
+        training = layerskip.EarlyExitTraining(model, settings, steps=3, seed=seed)
+        model.train()
+        with torch.no_grad():
+            return [float(training.loss(ids, step)[0]) for step in (1, 2, 3)]
+
+    assert losses(0) == losses(0)
+    assert losses(0) != losses(1)
+
+
+def test_an_early_exit_run_is_a_control_beside_its_baseline():
+    runs = {
+        "llama-t": ZOO["runs"]["llama-t"],
+        "llama-t-ee": {"recipe": "llama", **TINY, "early_exit": {"baseline": "llama-t"}},
+    }
+    models = validated({**ZOO, "runs": runs})["models"]
+    control = models["zoo-llama-t-ee"]
+    assert (control["control"], control["base_model"], control["tuning"]) == (
+        True,
+        "zoo-llama-t",
+        "base",
+    )
+    assert "control" not in models["zoo-llama-t"]
+    filled = validated({**ZOO, "runs": runs})["zoo"]["runs"]["llama-t-ee"]["early_exit"]
+    assert filled == {**EE_SETTINGS, "baseline": "llama-t"}
+
+
+@pytest.mark.parametrize(
+    ("early_exit", "extra", "message"),
+    [
+        ({"baseline": "nope"}, {}, "'nope' is not another run"),
+        ({"baseline": "t"}, {}, "'t' is not another run"),
+        (
+            {"baseline": "llama-t"},
+            {"hidden_size": 32},
+            "differs from its baseline 'llama-t' in hidden_size",
+        ),
+        ({"baseline": "llama-t"}, {"train_tokens": 64}, "in train_tokens"),
+        ({"baseline": "gpt2-t"}, {}, "in recipe"),
+    ],
+)
+def test_an_early_exit_baseline_must_match_naming_the_key(early_exit, extra, message):
+    bad = copy.deepcopy(ZOO)
+    bad["runs"]["t"] = {"recipe": "llama", **TINY, **extra, "early_exit": early_exit}
+    with pytest.raises(ConfigError, match=f"'zoo.runs.t.early_exit.baseline'.*{message}"):
+        validated(bad)
+
+
+def test_default_study_has_its_positive_control():
+    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    run = config["zoo"]["runs"]["llama-s-ee"]
+    assert run["early_exit"]["baseline"] == "llama-s"
+    plain = config["zoo"]["runs"]["llama-s"]
+    assert {k: run[k] for k in zoo.ARCHITECTURE_KEYS if k in run} == {
+        k: plain[k] for k in zoo.ARCHITECTURE_KEYS if k in plain
+    }
+    entry = config["models"]["zoo-llama-s-ee"]
+    assert (entry["control"], entry["base_model"]) == (True, "zoo-llama-s")
+    rows = pd.DataFrame(
+        [{"model": name, "status": "ok", **entry} for name, entry in config["models"].items()]
+    )
+    assert ("zoo-llama-s-ee", "zoo-llama-s") in selection.control_pairs(rows)
+    assert "zoo-llama-s-ee" not in set(selection.independent_models(rows)["model"])

@@ -126,7 +126,8 @@ def zoo_models(zoo: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ``tuning: tuned`` and ``base_model: zoo-<init_from>`` for a run whose
     ``task`` is not pretraining, else ``tuning: base``; a run with checkpoints and its
     checkpoints carry ``training_step`` (the final's is the run's last step) and
-    ``checkpoint_of: <run>``.
+    ``checkpoint_of: <run>``. A run with ``early_exit`` (LayerSkip training) is a positive
+    control: ``control: true``, and ``base_model: zoo-<baseline>`` where it names a baseline.
     """
     return {name: entry for name, (_, entry) in _generated_models(zoo).items()}
 
@@ -151,6 +152,10 @@ def _generated_models(zoo: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any
         }
         if tuned and spec.get("init_from"):
             entry["base_model"] = model_name(spec["init_from"])
+        if spec.get("early_exit") is not None:
+            entry["control"] = True  # trained for early exit: in no trend, beside its baseline
+            if spec["early_exit"].get("baseline"):
+                entry["base_model"] = model_name(spec["early_exit"]["baseline"])
         if spec["checkpoints"]:
             entry.update(training_step=total_steps(zoo, run), checkpoint_of=run)
         finals.append((model_name(run), run, entry))
@@ -197,7 +202,8 @@ def parameter_counts(
 def check_runs(zoo: dict[str, Any]) -> None:
     """What the schema cannot say about ``zoo.runs``: ``init_from`` names another run (no
     cycles), a tuned run does not restate the architecture, each recipe's own checks (head and
-    expert counts divide, ...), and checkpoint steps lie within the run. Raises
+    expert counts divide, ...), checkpoint steps lie within the run, and an early-exit run's
+    ``baseline`` is another run of the same architecture, tokens and steps. Raises
     :class:`~exitbench.config.ConfigError` naming the key (``zoo.runs.<run>.<key>``)."""
     runs = zoo["runs"]
     for run, spec in runs.items():
@@ -226,6 +232,7 @@ def check_runs(zoo: dict[str, Any]) -> None:
                 base = runs[base].get("init_from")
         else:
             RECIPES[spec["recipe"]].check(key, spec)
+        _check_baseline(zoo, run)
         steps = total_steps(zoo, run)
         late = [step for step in spec["checkpoints"] if step > steps]
         if late:
@@ -233,6 +240,39 @@ def check_runs(zoo: dict[str, Any]) -> None:
                 f"config key '{key}.checkpoints': steps {late} are after the run's last step "
                 f"{steps} (= ceil(train_tokens / (batch_size * seq_len)))"
             )
+
+
+def _check_baseline(zoo: dict[str, Any], run: str) -> None:
+    """A control is compared with its ``early_exit.baseline``: a plain run with the same
+    architecture, task, train_tokens and learning rate, so that only the training method
+    differs."""
+    runs = zoo["runs"]
+    baseline = (runs[run].get("early_exit") or {}).get("baseline")
+    if baseline is None:
+        return
+    key = f"zoo.runs.{run}.early_exit.baseline"
+    if baseline == run or baseline not in runs:
+        raise ConfigError(
+            f"config key '{key}': {baseline!r} is not another run of zoo.runs "
+            f"(known: {', '.join(sorted(set(runs) - {run}))})"
+        )
+    if runs[baseline].get("early_exit") is not None:
+        raise ConfigError(
+            f"config key '{key}': run {baseline!r} trains for early exit too; the baseline is "
+            "the plain run the control is compared with"
+        )
+    if any(runs[other].get("init_from") not in (None, *runs) for other in (run, baseline)):
+        return  # check_runs names the bad init_from
+    mine, theirs = run_spec(zoo, run), run_spec(zoo, baseline)
+    differ = [k for k in (*ARCHITECTURE_KEYS, "task", "init_from") if mine.get(k) != theirs.get(k)]
+    differ += [
+        k for k in ("train_tokens", "learning_rate") if mine["training"][k] != theirs["training"][k]
+    ]
+    if differ:
+        raise ConfigError(
+            f"config key '{key}': run {run!r} differs from its baseline {baseline!r} in "
+            f"{', '.join(differ)}; a control changes only the training method (early_exit)"
+        )
 
 
 def run_spec(zoo: dict[str, Any], run: str) -> dict[str, Any]:
@@ -275,12 +315,17 @@ def total_steps(zoo: dict[str, Any], run: str) -> int:
 
 def run_cost(zoo: dict[str, Any], run: str) -> float:
     """Rough training cost of ``run`` (arbitrary units): train_tokens × (num_layers × the
-    recipe's layer weights × its cost per weight + hidden × vocab). Only used to start the
+    recipe's layer weights × its cost per weight + hidden × vocab × head calls per token, which
+    an early-exit run makes at every layer its curriculum enables). Only used to start the
     longest run first."""
     spec = run_spec(zoo, run)
     recipe = RECIPES[spec["recipe"]]
     layers = spec["num_layers"] * recipe.layer_weights(spec) * recipe.cost_per_weight
     head = spec["hidden_size"] * zoo["tokenizer"]["vocab_size"]
+    early_exit = spec.get("early_exit")
+    if early_exit is not None:
+        share = 1 / early_exit["rotation"] if early_exit["curriculum"] == "rotational" else 1
+        head *= 1 + (spec["num_layers"] - 1) * share
     return spec["training"]["train_tokens"] * (layers + head)
 
 

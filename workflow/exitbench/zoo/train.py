@@ -26,6 +26,7 @@ from exitbench.zoo.data import (
     tokenizer_sha256,
     window_plan,
 )
+from exitbench.zoo.layerskip import EarlyExitTraining
 from exitbench.zoo.plan import ENDOFTEXT, TRAIN_INFO, ZooError, run_spec, total_steps
 from exitbench.zoo.recipes import RECIPES, count_parameters, model_config
 
@@ -220,6 +221,10 @@ def train_run(
             spec["task"],
         )
         optimizer = _optimizer(model, training)
+        # LayerSkip (zoo.runs.<run>.early_exit): layer dropout hooks and the early-exit loss
+        early_exit = None
+        if spec.get("early_exit") is not None:
+            early_exit = EarlyExitTraining(model, spec["early_exit"], steps, seed)
         model.train()
         checkpoints = set(spec["checkpoints"])
         rows = []
@@ -230,7 +235,10 @@ def train_run(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = torch.from_numpy(plan[(step - 1) * batch_size : step * batch_size])
-            loss, lm_loss = _loss(model, batch, moe_coef)
+            if early_exit:
+                loss, lm_loss = early_exit.loss(batch, step, moe_coef)
+            else:
+                loss, lm_loss = _loss(model, batch, moe_coef)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if training["grad_clip"] > 0:
@@ -263,6 +271,8 @@ def train_run(
                 _save(model, tokenizer, out_dir / "checkpoints" / f"step-{step}")
                 model.train()
         wall = time.perf_counter() - started
+        if early_exit:
+            early_exit.remove_hooks()
         model.eval()
         _save(model, tokenizer, out_dir / "final")
 
