@@ -507,6 +507,8 @@ def test_write_failure_summary_after_a_failed_run(
     statistics = json.loads(Path("results/statistics.json").read_text())
     assert statistics["params"]["seed"] == 0 and statistics["rows"]
     assert Path("results/summary.csv").exists() and Path("results/statistics.csv").exists()
+    # dated to the epoch: the next run rebuilds them, never takes them as a finished aggregate
+    assert [Path(p).stat().st_mtime for p in aggregate.FAILURE_SUMMARY_FILES] == [0, 0, 0, 0]
     # its own failure is a warning, never an exception that would hide the run's error
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="exitbench"):

@@ -58,6 +58,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -1162,6 +1163,26 @@ def _move_aside_scores(model: str, workload: str) -> None:
             log.warning("%s is stale (its pair failed in this run): moved to %s", path, target)
 
 
+#: What :func:`write_failure_summary` writes: the aggregate rule's own outputs.
+FAILURE_SUMMARY_FILES = (
+    "results/summary.parquet",
+    "results/summary.csv",
+    "results/statistics.csv",
+    "results/statistics.json",
+)
+
+
+def _mark_out_of_date(paths: Sequence[str]) -> None:
+    """Date files to the epoch, so Snakemake sees them older than their inputs.
+
+    The failure summary is written outside any job; with a current mtime the next
+    run would take it for a finished aggregate and plan nothing.
+    """
+    for path in paths:
+        if Path(path).exists():
+            os.utime(path, (0, 0))
+
+
 def write_failure_summary(config: Mapping[str, Any]) -> None:
     """After a failed run (say, ``--keep-going`` with a gated model), still write
     ``results/summary.*`` and ``results/statistics.*`` in the working directory:
@@ -1185,14 +1206,12 @@ def write_failure_summary(config: Mapping[str, Any]) -> None:
             {(m, w): f"results/scores/{m}/{w}.json" for m in models for w in workloads},
             model_metadata(config["models"]),
             {m: path for m, path in infos.items() if path.exists()},
-            summary_parquet="results/summary.parquet",
-            summary_csv="results/summary.csv",
-            statistics_csv="results/statistics.csv",
-            statistics_json="results/statistics.json",
+            *FAILURE_SUMMARY_FILES,
             seed=config["seed"],
             log_dir="results/logs",
             failures=failures,
         )
+        _mark_out_of_date(FAILURE_SUMMARY_FILES)
     except Exception as err:  # the run has failed anyway: never mask that
         log.warning("could not write a partial summary: %s", err)
         return
