@@ -68,6 +68,8 @@ rule zoo_train:
     priority: lambda wildcards: ZOO_PRIORITY[wildcards.run]
     conda:
         "../../envs/exitbench.yaml"
+    # one thread: on 2 cores two one-thread runs at once beat a two-thread run, which spins
+    # whenever another job shares the cores (steps up to 14x slower, issue 13)
     threads: 1
     resources:
         mem_mb=4000,
