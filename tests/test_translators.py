@@ -289,6 +289,7 @@ def test_pipeline_extracts_and_scores_both_lenses(tiny_model_dirs, tmp_path):
     }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     targets = ["results/summary.parquet", "results/summary-tuned.parquet"]
+    targets += ["figures/lens_comparison.pdf", "figures/lens_comparison.png"]
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile")]
         + ["--directory", str(tmp_path), "--configfile", str(tmp_path / "study.yaml")]
@@ -319,6 +320,7 @@ def test_pipeline_extracts_and_scores_both_lenses(tiny_model_dirs, tmp_path):
     assert set(summary["lens"]) == {"logit"} and set(summary_tuned["lens"]) == {"tuned"}
     assert summary_tuned[["model", "workload"]].equals(summary[["model", "workload"]])
     assert (results / "statistics-tuned.json").is_file()
+    assert (tmp_path / "figures" / "lens_comparison.png").stat().st_size > 0
 
 
 ZOO = {

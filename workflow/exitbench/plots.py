@@ -1302,3 +1302,78 @@ def figures_from_files(
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
     study = load_study(summary_path, statistics_path, curves_paths, headline_paths)
     return render_all(study, out_dir, stems)
+
+
+# ---------------------------------------------------------------- logit vs tuned lens
+
+#: Headline numbers drawn logit (x) against tuned (y) in :func:`lens_comparison`.
+LENS_HEADLINES: tuple[tuple[str, str], ...] = (
+    ("oracle_savings", "S_settled (oracle savings)"),
+    ("savings_at_99", "savings at 99% consistency"),
+)
+
+
+def lens_comparison(
+    summaries: Mapping[str, pd.DataFrame], curves: Mapping[str, pd.DataFrame], out_dir: str | Path
+) -> list[Path]:
+    """Per model, agreement and KL to final across depth under the logit lens (solid) and the
+    tuned lens (dashed), and each headline number under both lenses (one point per model and
+    workload: logit on x, tuned on y; above the diagonal = the tuned lens exits earlier)."""
+    logit, tuned = curves["logit"], curves["tuned"]
+    models = list(pd.unique(summaries["logit"]["model"]))
+    workload = str(summaries["logit"]["workload"].iloc[0])
+    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(
+        1, 2 + len(LENS_HEADLINES), figsize=(4.2 * (2 + len(LENS_HEADLINES)), 3.8)
+    )
+    for model in models:
+        for table, style in ((logit, "-"), (tuned, "--")):
+            rows = table[(table["model"] == model) & (table["workload"] == workload)]
+            rows = rows.sort_values("layer")
+            axes[0].plot(rows["layer_fraction"], rows["agreement"], style, color=colors[model])
+            axes[1].plot(
+                rows["layer_fraction"], rows["kl_to_final_mean"], style, color=colors[model]
+            )
+    axes[0].set(
+        xlabel="layer / L", ylabel="agreement with final top-1", title=f"agreement ({workload})"
+    )
+    axes[1].set(xlabel="layer / L", ylabel="KL(p_L ‖ p_l), nats", title=f"KL to final ({workload})")
+    axes[1].set_yscale("symlog", linthresh=0.01)
+    merged = summaries["logit"].merge(
+        summaries["tuned"], on=["model", "workload"], suffixes=("_logit", "_tuned")
+    )
+    for axis, (metric, label) in zip(axes[2:], LENS_HEADLINES, strict=True):
+        x = pd.to_numeric(merged[f"{metric}_logit"], errors="coerce")
+        y = pd.to_numeric(merged[f"{metric}_tuned"], errors="coerce")
+        axis.scatter(x, y, c=[colors[m] for m in merged["model"]], s=18)
+        finite = pd.concat([x, y]).dropna()
+        if len(finite):
+            low, high = float(finite.min()), float(finite.max())
+            pad = 0.05 * (high - low or 1.0)
+            axis.plot([low - pad, high + pad], [low - pad, high + pad], color="0.6", lw=0.8)
+        axis.set(xlabel=f"logit lens: {label}", ylabel=f"tuned lens: {label}", title=label)
+    handles = [Line2D([], [], color=colors[m], label=m) for m in models]
+    handles += [
+        Line2D([], [], color="0.3", ls="-", label="logit lens"),
+        Line2D([], [], color="0.3", ls="--", label="tuned lens"),
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_dir, "lens_comparison")
+
+
+def lens_comparison_from_files(
+    summary_paths: Mapping[str, str | Path],
+    curves_paths: Mapping[str, Iterable[str | Path]],
+    out_dir: str | Path,
+) -> list[Path]:
+    """File-to-file entry point of rule figures_lenses: ``{lens: summary}`` and
+    ``{lens: score parquets}`` for lens in (logit, tuned)."""
+    summaries = {
+        lens: read_table(path, "summary").to_pandas() for lens, path in summary_paths.items()
+    }
+    curves = {
+        lens: pd.concat([read_table(p, "scores").to_pandas() for p in _existing(paths)])
+        for lens, paths in curves_paths.items()
+    }
+    return lens_comparison(summaries, curves, out_dir)

@@ -68,3 +68,25 @@ rule figures:
         figures=FIGURES,
     script:
         "../scripts/figures.py"
+
+
+# lenses: [logit, tuned]: the two lenses side by side (README, Tuned lens)
+rule figures_lenses:
+    input:
+        summary="results/summary.parquet",
+        summary_tuned="results/summary-tuned.parquet",
+        curves=[f"results/scores/{m}/{w}.parquet" for m, w in PAIRS],
+        curves_tuned=[f"results/scores-tuned/{m}/{w}.parquet" for m, w in PAIRS],
+    output:
+        pdf="figures/lens_comparison.pdf",
+        png=report(
+            "figures/lens_comparison.png",
+            caption="../report/lens_comparison.rst",
+            category="1. Layer curves",
+        ),
+    log:
+        "results/logs/figures/lens_comparison.log",
+    conda:
+        "../../envs/exitbench.yaml"
+    script:
+        "../scripts/figures_lenses.py"
