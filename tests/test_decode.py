@@ -138,7 +138,7 @@ def test_early_exit_never_exiting_equals_full_with_zero_savings(models, kind, st
 
 
 @pytest.mark.parametrize("kind", ("llama", "mixtral", "mamba2"))
-@pytest.mark.parametrize("measure", ("maxprob", "entropy"))
+@pytest.mark.parametrize("measure", ("maxprob", "entropy", "patience_maxprob", "pabee"))
 def test_recompute_teacher_forced_exits_equal_the_lens_shard(models, kind, measure):
     """States under recompute are exact, so each token's exit layer is the one metrics.exit_layer
     computes from the extract stage's lens statistics for the same threshold."""
@@ -154,15 +154,26 @@ def test_recompute_teacher_forced_exits_equal_the_lens_shard(models, kind, measu
     layers = np.asarray(stats["layer"])
     L = lens.num_layers
     n = len(sequence)
-    values = np.asarray(stats[measure])[layers >= 1].reshape(n, L).T  # [L, positions]
-    m = metrics.measure_values(measure, values, values, values, values, 1)
+
+    def table(column):  # [L, positions]
+        return np.asarray(stats[column])[layers >= 1].reshape(n, L).T
+
+    source = {"entropy": "entropy", "pabee": "top1"}.get(measure, "maxprob")
+    values, patience = table(source), 2
+    m = metrics.measure_values(measure, values, values, values, values, patience, top1=values)
     inner = m[:-1, len(prompt) - 1 : -1]
-    threshold = float(np.median(inner))  # a threshold some tokens meet and some do not
+    # a threshold some tokens meet and some do not (PABEE: the top-1 held for one more check)
+    threshold = 1.0 if measure == "pabee" else float(np.median(inner[np.isfinite(inner)]))
     shown = -threshold if measure == "entropy" else threshold
     expected = metrics.exit_layer(m[:, len(prompt) - 1 : -1], np.float32(threshold))
     runner = BlockRunner(model)
     gen = decode.early_exit_generate(
-        runner, prompt, len(forced), ExitPolicy(measure, shown), "recompute", forced=forced
+        runner,
+        prompt,
+        len(forced),
+        ExitPolicy(measure, shown, patience=patience),
+        "recompute",
+        forced=forced,
     )
     assert gen.exit_layers == expected.tolist()
     assert 1 < len(set(gen.exit_layers))  # exits at several layers, L included

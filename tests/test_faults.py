@@ -150,12 +150,15 @@ def test_failed_extract_without_changed_inputs_marks_pair_failed(finished, tmp_p
         # the file workload: every stage after it reruns, the model's description does not
         (
             "docs.txt",
-            {"workload": 1, "tokenize": 1, "extract": 2, "score": 1, "aggregate": 1},
+            {"workload": 1, "tokenize": 1, "extract": 2, "score": 1, "decode": 1, "aggregate": 1},
         ),
         # the weights: extraction onwards; tokens and description stay
-        ("model/model.safetensors", {"extract": 2, "score": 1, "aggregate": 1}),
+        ("model/model.safetensors", {"extract": 2, "score": 1, "decode": 1, "aggregate": 1}),
         # the tokenizer: tokens onwards
-        ("model/tokenizer.json", {"tokenize": 1, "extract": 2, "score": 1, "aggregate": 1}),
+        (
+            "model/tokenizer.json",
+            {"tokenize": 1, "extract": 2, "score": 1, "decode": 1, "aggregate": 1},
+        ),
     ],
 )
 def test_edited_input_reruns_exactly_what_reads_it(finished, tmp_path, edited, expected):

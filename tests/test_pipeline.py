@@ -177,11 +177,13 @@ def test_result_settings_rerun_what_they_change(study):
     assert planned_jobs(study, edited(config, "extract.top_k", 4)) == {
         "extract": 6,
         "score": 3,
+        "decode": 3,
         **downstream,
     }
     assert planned_jobs(study, edited(config, "extract.shard_sequences", 3)) == {
         "extract": 6,
         "score": 3,
+        "decode": 3,
         **downstream,
     }
     # one model's weights: only its chain, from the facts read off its config
@@ -190,12 +192,14 @@ def test_result_settings_rerun_what_they_change(study):
         "tokenize": 1,
         "extract": 2,
         "score": 1,
+        "decode": 1,
         **downstream,
     }
     assert planned_jobs(study, edited(config, "tokenize.mode", "packed")) == {
         "tokenize": 3,
         "extract": 6,
         "score": 3,
+        "decode": 3,
         **downstream,
     }
 

@@ -114,15 +114,27 @@ class ExitPolicy:
     patience: int = 1
     exit_layers: tuple[int, ...] | None = None
 
-    def value(self, stats: Mapping[str, float], history: Sequence[float]) -> float:
-        """m_l from one layer's lens ``stats`` (``history``: maxprob of layers 1..l)."""
-        if self.measure == "patience":
+    def value(self, history: Sequence[Mapping[str, float]]) -> float:
+        """m_l at the latest check; ``history``: the lens stats of every check so far
+        (layers 1..l that the schedule checks), as :func:`metrics.measure_values` counts
+        the patience rules over checks, not layers."""
+        measure = metrics.MEASURE_ALIASES.get(self.measure, self.measure)
+        stats = history[-1]
+        if measure == "patience_maxprob":
             if len(history) < self.patience:
                 return -math.inf
-            return float(min(history[-self.patience :]))
-        if self.measure == "entropy":
+            return float(min(check["maxprob"] for check in history[-self.patience :]))
+        if measure == "pabee":
+            # consecutive earlier checks whose top-1 equals this one's (metrics.pabee_measure)
+            count = 0
+            for check in reversed(history[:-1]):
+                if check["top1"] != stats["top1"]:
+                    break
+                count += 1
+            return float(count)
+        if measure == "entropy":
             return -stats["entropy"]
-        return stats[self.measure]
+        return stats[measure]
 
     def passes(self, value: float) -> bool:
         if self.threshold is None or math.isnan(value):
@@ -138,11 +150,13 @@ class ExitPolicy:
 
 
 def lens_stats(logits: torch.Tensor) -> dict[str, float]:
-    """maxprob, margin and entropy (nats) of one position's float32 logits [V]."""
+    """top-1, maxprob, margin and entropy (nats) of one position's float32 logits [V]."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    top = torch.topk(log_probs, 2).values.exp()
+    top_log_probs, top_ids = torch.topk(log_probs, 2)
+    top = top_log_probs.exp()
     entropy = -(log_probs.exp() * log_probs).sum()
     return {
+        "top1": int(top_ids[0]),
         "maxprob": float(top[0]),
         "margin": float(top[0] - top[1]),
         "entropy": float(entropy.clamp_min(0.0)),
@@ -449,7 +463,7 @@ def early_exit_generate(
             token = sequence[-1]
             hidden: torch.Tensor | None = None
             previous: torch.Tensor | None = None
-            history: list[float] = []
+            history: list[dict[str, float]] = []
             exit_at = L
             for layer in range(1, L + 1):
                 behind = list(range(runner.lengths[layer], position))
@@ -474,7 +488,7 @@ def early_exit_generate(
                 logits = runner.logits(hidden)[0, -1]
                 gen.lens_checks += 1
                 stats = lens_stats(logits)
-                history.append(stats["maxprob"])
+                history.append(stats)
                 if policy.measure == "cos_prev":
                     gen.flops += costs.cosine
                     has_previous = runner.architecture.embedding_entry or layer > 1
@@ -489,7 +503,7 @@ def early_exit_generate(
                     )
                 else:
                     gen.flops += costs.head
-                if policy.passes(policy.value(stats, history)):
+                if policy.passes(policy.value(history)):
                     exit_at = layer
                     if policy.measure == "cos_prev":
                         gen.flops += costs.head  # the exit layer's head produces the token

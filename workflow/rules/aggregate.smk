@@ -18,6 +18,16 @@ rule aggregate:
             for model, workload in (PAIRS if TUNED_LENS else [])
         ],
     output:
+        **(
+            {
+                "summary_tuned": "results/summary-tuned.parquet",
+                "summary_tuned_csv": "results/summary-tuned.csv",
+                "statistics_tuned": "results/statistics-tuned.csv",
+                "statistics_tuned_json": "results/statistics-tuned.json",
+            }
+            if TUNED_LENS
+            else {}
+        ),
         summary="results/summary.parquet",
         summary_csv=report(
             "results/summary.csv",
@@ -30,16 +40,6 @@ rule aggregate:
             category="Tables",
         ),
         statistics_json="results/statistics.json",
-        **(
-            {
-                "summary_tuned": "results/summary-tuned.parquet",
-                "summary_tuned_csv": "results/summary-tuned.csv",
-                "statistics_tuned": "results/statistics-tuned.csv",
-                "statistics_tuned_json": "results/statistics-tuned.json",
-            }
-            if TUNED_LENS
-            else {}
-        ),
     log:
         "results/logs/aggregate/aggregate.log",
     benchmark:

@@ -9,6 +9,7 @@ from exitbench.config import (
     check_writable,
     n_lens_shards,
     resolve_path,
+    section_defaults,
     validate_config,
 )
 from exitbench.provenance import model_input_files
@@ -150,3 +151,68 @@ def extract_resource(key):
         return extract_resources(entry, attempt, config["resources"]).get(key)
 
     return get
+
+
+# Tuned lens (translators.smk, score.smk)
+LENSES = config.get("lenses") or ["logit"]
+TRANSLATORS = config.get("translators") or section_defaults("translators")
+# the training settings by name: each changes the translators (device is a speed knob)
+TRAINING_KEYS = (
+    "steps",
+    "tokens_per_step",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "max_grad_norm",
+)
+
+
+def is_zoo_model(model):
+    path = config["models"][model].get("path")
+    return path is not None and zoo_run_dir(path) is not None
+
+
+def translator_training(wildcards):
+    """What the translators train on: the zoo's data, or the model's tokens per workload;
+    nothing for a published lens (its files, where they exist, so an edit reruns)."""
+    published = config["models"][wildcards.model].get("tuned_lens")
+    if published:
+        files = [Path(published) / name for name in ("config.json", "params.pt")]
+        return [str(path) for path in files if path.is_file()]
+    if is_zoo_model(wildcards.model):
+        return ["results/zoo/data"]
+    return expand(
+        "results/tokens/{model}/{workload}.parquet",
+        model=wildcards.model,
+        workload=WORKLOADS,
+    )
+
+
+def tuned_lens_shards(wildcards):
+    return expand(
+        "results/lens-tuned/{model}/{workload}/shard-{shard}.parquet",
+        model=wildcards.model,
+        workload=wildcards.workload,
+        shard=range(N_SHARDS),
+    )
+
+
+# Realised decoding (decode.smk, rule all)
+def decode_pairs():
+    """(model, workload) pairs to decode: every model on decode.workloads (null: all)."""
+    chosen = config["decode"]["workloads"]
+    unknown = sorted(set(chosen or ()) - set(WORKLOADS))
+    if unknown:
+        raise ValueError(
+            f"config key 'decode.workloads': {unknown} are not keys of 'workloads' "
+            f"(known: {', '.join(WORKLOADS)})"
+        )
+    return [(m, w) for m, w in PAIRS if chosen is None or w in chosen]
+
+
+def decode_outputs(wildcards=None):
+    return [
+        f"results/decode/{model}/{workload}.{ext}"
+        for model, workload in decode_pairs()
+        for ext in ("parquet", "json")
+    ]

@@ -1,26 +1,6 @@
 # Stage 8: realised decoding (full, early-exit, self-speculative) beside the lens's potential.
 
 
-def decode_pairs():
-    """(model, workload) pairs to decode: every model on decode.workloads (null: all)."""
-    chosen = config["decode"]["workloads"]
-    unknown = sorted(set(chosen or ()) - set(WORKLOADS))
-    if unknown:
-        raise ValueError(
-            f"config key 'decode.workloads': {unknown} are not keys of 'workloads' "
-            f"(known: {', '.join(WORKLOADS)})"
-        )
-    return [(m, w) for m, w in PAIRS if chosen is None or w in chosen]
-
-
-def decode_outputs(wildcards=None):
-    return [
-        f"results/decode/{model}/{workload}.{ext}"
-        for model, workload in decode_pairs()
-        for ext in ("parquet", "json")
-    ]
-
-
 rule decode:
     input:
         tokens="results/tokens/{model}/{workload}.parquet",

@@ -37,15 +37,6 @@ rule score:
         "../scripts/score.py"
 
 
-def tuned_lens_shards(wildcards):
-    return expand(
-        "results/lens-tuned/{model}/{workload}/shard-{shard}.parquet",
-        model=wildcards.model,
-        workload=wildcards.workload,
-        shard=range(N_SHARDS),
-    )
-
-
 # The same scoring of the tuned lens's shards (lenses: [logit, tuned]), beside the logit
 # lens's: its head checks also pay the translator, 2 d^2 FLOPs each.
 use rule score as score_tuned with:
