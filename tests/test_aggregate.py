@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -513,7 +514,52 @@ def test_write_failure_summary_after_a_failed_run(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="exitbench"):
         aggregate.write_failure_summary({"models": {}, "workloads": {}, "seed": 0})
-    assert "could not write a partial summary" in caplog.text
+    assert "could not write a partial logit-lens summary" in caplog.text
+
+
+def test_write_failure_summary_covers_the_tuned_lens(
+    fake_study: FakeStudy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """With lenses: [logit, tuned], the pairs whose tuned scores are older than their model's
+    retrained translators are failed in summary-tuned, its stale tuned scores moved aside; the logit
+    lens's tables are untouched by it, and both lenses' tables are dated to the epoch."""
+    monkeypatch.chdir(fake_study.root)
+    for (model, workload), path in fake_study.score_jsons.items():
+        if not Path(path).exists():  # the fake study's failed pair
+            continue
+        tuned = Path("results/scores-tuned") / model / f"{workload}.json"
+        tuned.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, tuned)  # as new as the logit lens's JSON
+    model, workload = next(iter(fake_study.score_jsons))
+    translators = Path("results/translators") / model / "params.pt"
+    translators.parent.mkdir(parents=True)
+    translators.write_bytes(b"retrained")  # newer than every tuned score JSON
+    config = {
+        "models": fake_study.models,
+        "workloads": {name: {"source": "embedded"} for name in WORKLOADS},
+        "seed": 0,
+        "lenses": ["logit", "tuned"],
+    }
+    with caplog.at_level(logging.WARNING, logger="exitbench"):
+        aggregate.write_failure_summary(config)
+    tuned = read_table("results/summary-tuned.parquet", "summary").to_pandas()
+    failed = tuned[tuned["status"] == "failed"]
+    pairs = zip(failed["model"], failed["workload"], strict=True)
+    reasons = dict(zip(pairs, failed["error"], strict=True))
+    # the translators serve every workload of the model
+    assert set(reasons) == {*((model, w) for w in WORKLOADS), *fake_study.failed}
+    assert f"older than its input {translators}" in reasons[model, workload]
+    assert (Path("results/stale/scores-tuned") / model / f"{workload}.json").exists()
+    assert not (Path("results/scores-tuned") / model / f"{workload}.json").exists()
+    logit = read_table("results/summary.parquet", "summary").to_pandas()
+    assert logit[logit["status"] == "failed"][["model", "workload"]].values.tolist() == [
+        list(pair) for pair in fake_study.failed
+    ]
+    tables = [*aggregate.FAILURE_SUMMARY_FILES, *aggregate.LENS_RESULTS["tuned"]["tables"]]
+    assert [Path(p).stat().st_mtime for p in tables] == [0] * 8
+    assert (
+        f"tuned lens: {len(reasons)} of {len(tuned)} (model, workload) pairs failed" in caplog.text
+    )
 
 
 def test_summary_rows_columns_and_values(fake_study: FakeStudy, tmp_path: Path):

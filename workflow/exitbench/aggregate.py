@@ -1103,10 +1103,38 @@ def _with_decode_columns(
     return out
 
 
-def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Path]:
+#: Where each lens's shards, scores and study tables live (the logit lens's are the
+#: original contract paths; the tuned lens's sit beside them).
+LENS_RESULTS: dict[str, dict[str, Any]] = {
+    "logit": {
+        "lens": "results/lens",
+        "scores": "results/scores",
+        "tables": (
+            "results/summary.parquet",
+            "results/summary.csv",
+            "results/statistics.csv",
+            "results/statistics.json",
+        ),
+    },
+    "tuned": {
+        "lens": "results/lens-tuned",
+        "scores": "results/scores-tuned",
+        "tables": (
+            "results/summary-tuned.parquet",
+            "results/summary-tuned.csv",
+            "results/statistics-tuned.csv",
+            "results/statistics-tuned.json",
+        ),
+    },
+}
+
+
+def pair_inputs(
+    config: Mapping[str, Any], model: str, workload: str, lens: str = "logit"
+) -> list[Path]:
     """Every local file a pair's score outputs derive from, transitively, relative to the
     working directory: the workload (and its source file), the model description and its
-    local folder's files, the tokens and the lens shards on disk."""
+    local folder's files, the tokens, the translators (tuned lens) and the lens shards on disk."""
     spec = config["workloads"][workload]
     paths = [Path(f"results/workloads/{workload}.{ext}") for ext in ("parquet", "json")]
     if spec.get("source") == "file" and spec.get("path"):
@@ -1119,13 +1147,20 @@ def pair_inputs(config: Mapping[str, Any], model: str, workload: str) -> list[Pa
             files.update(model_input_files(folder, kind))
         paths += [Path(path) for path in sorted(files)]
     paths += [Path(f"results/tokens/{model}/{workload}.{ext}") for ext in ("parquet", "json")]
+    if lens == "tuned":
+        paths += sorted(Path(f"results/translators/{model}").glob("*"))
     # the shards on disk: lens shards deleted to save space after scoring are no failure
-    paths += sorted(Path(f"results/lens/{model}/{workload}").glob("shard-*.parquet"))
+    shards = Path(LENS_RESULTS[lens]["lens"]) / model / workload
+    paths += sorted(shards.glob("shard-*.parquet"))
     return paths
 
 
 def pair_failure(
-    config: Mapping[str, Any], model: str, workload: str, log_dir: str | Path = "results/logs"
+    config: Mapping[str, Any],
+    model: str,
+    workload: str,
+    log_dir: str | Path = "results/logs",
+    lens: str = "logit",
 ) -> str | None:
     """Why a pair's score outputs on disk are not this run's result, or None if they are
     (or are absent: :func:`build_summary` reports a missing JSON itself).
@@ -1135,14 +1170,14 @@ def pair_failure(
     inputs (:func:`pair_inputs`): some upstream job reran in this run and score never ran
     on its output.
     """
-    outputs = [Path(f"results/scores/{model}/{workload}.{ext}") for ext in ("json", "parquet")]
+    outputs = _score_outputs(model, workload, lens)
     if not outputs[0].exists():
         return None
     written_ns = min(path.stat().st_mtime_ns for path in outputs if path.exists())
-    reason = job_failure(Path(log_dir), model, workload, since_ns=written_ns)
+    reason = job_failure(Path(log_dir), model, workload, since_ns=written_ns, lens=lens)
     if reason is not None:
         return reason
-    for path in pair_inputs(config, model, workload):
+    for path in pair_inputs(config, model, workload, lens):
         if path.exists() and path.stat().st_mtime_ns > written_ns:
             return (
                 f"score: {outputs[0]} is older than its input {path}: an upstream job reran "
@@ -1151,11 +1186,15 @@ def pair_failure(
     return None
 
 
-def _move_aside_scores(model: str, workload: str) -> None:
-    """Move a failed pair's stale score outputs to ``results/stale/scores/``, so that no
-    reader takes them for this run's result (the next run recomputes them anyway)."""
-    for ext in ("json", "parquet"):
-        path = Path(f"results/scores/{model}/{workload}.{ext}")
+def _score_outputs(model: str, workload: str, lens: str) -> list[Path]:
+    scores = Path(LENS_RESULTS[lens]["scores"])
+    return [scores / model / f"{workload}.{ext}" for ext in ("json", "parquet")]
+
+
+def _move_aside_scores(model: str, workload: str, lens: str = "logit") -> None:
+    """Move a failed pair's stale score outputs to ``results/stale/scores[-tuned]/``, so
+    that no reader takes them for this run's result (the next run recomputes them anyway)."""
+    for path in _score_outputs(model, workload, lens):
         if path.exists():
             target = Path("results/stale") / path.relative_to("results")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -1163,13 +1202,9 @@ def _move_aside_scores(model: str, workload: str) -> None:
             log.warning("%s is stale (its pair failed in this run): moved to %s", path, target)
 
 
-#: What :func:`write_failure_summary` writes: the aggregate rule's own outputs.
-FAILURE_SUMMARY_FILES = (
-    "results/summary.parquet",
-    "results/summary.csv",
-    "results/statistics.csv",
-    "results/statistics.json",
-)
+#: What :func:`write_failure_summary` writes for the logit lens: the aggregate rule's own
+#: outputs (the tuned lens's are ``LENS_RESULTS["tuned"]["tables"]``).
+FAILURE_SUMMARY_FILES = LENS_RESULTS["logit"]["tables"]
 
 
 def _mark_out_of_date(paths: Sequence[str]) -> None:
@@ -1184,42 +1219,53 @@ def _mark_out_of_date(paths: Sequence[str]) -> None:
 
 
 def write_failure_summary(config: Mapping[str, Any]) -> None:
-    """After a failed run (say, ``--keep-going`` with a gated model), still write
-    ``results/summary.*`` and ``results/statistics.*`` in the working directory:
-    every finished pair with its numbers, every failed one with its first error
-    line (:func:`exitbench.logs.job_failure`), and log the failed pairs.
+    """After a failed run (say, ``--keep-going`` with a gated model), still write the
+    study tables of every lens in ``lenses`` (``results/summary.*`` and
+    ``results/statistics.*``; ``*-tuned.*`` for the tuned lens) in the working directory:
+    every finished pair with its numbers, every failed one with its first error line
+    (:func:`pair_failure`), its stale score outputs moved aside, and log the failed pairs.
+    The tables are dated to the epoch, so the next run rebuilds them.
 
     ``config`` is the validated study config. The summary is a courtesy (the run
     has failed anyway): any error here is logged as a warning, never raised.
     """
-    try:
-        models, workloads = list(config["models"]), list(config["workloads"])
-        failures = {}
-        for model in models:
-            for workload in workloads:
-                reason = pair_failure(config, model, workload)
-                if reason is not None:
-                    failures[model, workload] = reason
-                    _move_aside_scores(model, workload)
-        infos = {m: Path(f"results/models/{m}.json") for m in models}
-        summary = aggregate_files(
-            {(m, w): f"results/scores/{m}/{w}.json" for m in models for w in workloads},
-            model_metadata(config["models"]),
-            {m: path for m, path in infos.items() if path.exists()},
-            *FAILURE_SUMMARY_FILES,
-            seed=config["seed"],
-            log_dir="results/logs",
-            failures=failures,
+    for lens in config.get("lenses") or ["logit"]:
+        try:
+            summary = _failure_summary(config, lens)
+        except Exception as err:  # the run has failed anyway: never mask that
+            log.warning("could not write a partial %s-lens summary: %s", lens, err)
+            continue
+        failed = summary[summary["status"] == "failed"]
+        log.warning(
+            "%s lens: %d of %d (model, workload) pairs failed; %s lists them with the error:\n%s",
+            lens,
+            len(failed),
+            len(summary),
+            LENS_RESULTS[lens]["tables"][1],
+            "\n".join(f"  {r.model} / {r.workload}: {r.error}" for r in failed.itertuples()),
         )
-        _mark_out_of_date(FAILURE_SUMMARY_FILES)
-    except Exception as err:  # the run has failed anyway: never mask that
-        log.warning("could not write a partial summary: %s", err)
-        return
-    failed = summary[summary["status"] == "failed"]
-    log.warning(
-        "%d of %d (model, workload) pairs failed; results/summary.csv lists them with the "
-        "error:\n%s",
-        len(failed),
-        len(summary),
-        "\n".join(f"  {r.model} / {r.workload}: {r.error}" for r in failed.itertuples()),
+
+
+def _failure_summary(config: Mapping[str, Any], lens: str) -> pd.DataFrame:
+    models, workloads = list(config["models"]), list(config["workloads"])
+    failures = {}
+    for model in models:
+        for workload in workloads:
+            reason = pair_failure(config, model, workload, lens=lens)
+            if reason is not None:
+                failures[model, workload] = reason
+                _move_aside_scores(model, workload, lens)
+    infos = {m: Path(f"results/models/{m}.json") for m in models}
+    tables = LENS_RESULTS[lens]["tables"]
+    summary = aggregate_files(
+        {(m, w): _score_outputs(m, w, lens)[0] for m in models for w in workloads},
+        model_metadata(config["models"]),
+        {m: path for m, path in infos.items() if path.exists()},
+        *tables,
+        seed=config["seed"],
+        log_dir="results/logs",
+        failures=failures,
+        lens=lens,
     )
+    _mark_out_of_date(tables)
+    return summary

@@ -33,21 +33,25 @@ def setup(log_path: str | Path | None = None, level: int = logging.INFO) -> logg
 
 
 def job_failure(
-    log_dir: Path, model: str, workload: str, since_ns: int | None = None
+    log_dir: Path, model: str, workload: str, since_ns: int | None = None, lens: str = "logit"
 ) -> str | None:
     """The first error line in a pair's job logs, stage by stage (describe_model,
-    tokenize, extract shards, score), as ``"<stage>: <message>"``, or None.
+    tokenize, [translators,] extract shards, score or score-tuned), as
+    ``"<stage>: <message>"``, or None. ``lens``: ``logit`` or ``tuned`` (its
+    translators and score-tuned logs; extraction writes both lenses in one job).
 
     Reads lines written with :data:`FORMAT` (``<time> ERROR <logger>: <message>``)
     under ``log_dir`` (the workflow's ``results/logs``, one folder per rule). With
     ``since_ns`` (a modification time in ns, say the pair's score JSON's), only logs
     written after it count: an older error was overcome by the run that wrote the JSON.
     """
+    tuned = lens == "tuned"
     candidates = [
         log_dir / "describe_model" / f"{model}.log",
         log_dir / "tokenize" / model / f"{workload}.log",
+        *([log_dir / "translators" / f"{model}.log"] if tuned else []),
         *sorted((log_dir / "extract" / model / workload).glob("shard-*.log")),
-        log_dir / "score" / model / f"{workload}.log",
+        log_dir / ("score-tuned" if tuned else "score") / model / f"{workload}.log",
     ]
     for path in candidates:
         if not path.is_file():
