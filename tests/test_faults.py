@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -80,11 +79,7 @@ def _edit(path: Path, **changes) -> None:
 def _planned(workdir: Path, *targets: str) -> dict[str, int]:
     """Jobs per rule of a dry run (empty when Snakemake has nothing to do)."""
     result = harness.snakemake(workdir, "-n", *(targets or SUMMARY))
-    text = result.stdout + result.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    return harness.planned_jobs(result.stdout + result.stderr)
 
 
 def _said(result) -> str:

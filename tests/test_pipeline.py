@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 
 from exitbench import tables
 
@@ -125,17 +126,7 @@ def planned_jobs(workdir: Path, config: dict, *args: str) -> dict[str, int]:
     "Job stats:" table it prints ({} when it says there is nothing to be done)."""
     (workdir / "edited.yaml").write_text(yaml.safe_dump(config))
     result = run(workdir, "-n", "--quiet", "rules", *args, configfile="edited.yaml")
-    lines = result.stdout.splitlines()
-    if "Job stats:" not in lines:
-        assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
-        return {}
-    counts = {}
-    for line in lines[lines.index("Job stats:") + 3 :]:  # past "job count" and "----"
-        rule, count = line.split()
-        if rule == "total":
-            return counts
-        counts[rule] = int(count)
-    raise AssertionError(f"no total row in the job stats:\n{result.stdout[-3000:]}")
+    return harness.planned_jobs(result.stdout)
 
 
 def edited(config: dict, path: str, value) -> dict:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exitbench import selection, workloads, zoo
@@ -605,11 +606,7 @@ def test_zoo_rules_dry_run(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr + result.stdout
-    counts = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
+    counts = harness.planned_jobs(result.stdout)
     assert counts == {"all": 1, "zoo_data": 1, "zoo_tokenizer": 1, "zoo_train": 6}
 
 

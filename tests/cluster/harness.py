@@ -152,6 +152,21 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
+def planned_jobs(output: str) -> dict[str, int]:
+    """Jobs per rule from the "Job stats:" table a dry run prints ({} for "Nothing to be
+    done")."""
+    if "Job stats:" not in output:
+        assert "Nothing to be done" in output, output[-3000:]
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M):
+        if rule == "total":
+            return counts
+        counts[rule] = int(count)
+    raise AssertionError(f"no total row in the job stats:\n{output[-3000:]}")
+
+
 def digest(workdir: Path, paths: Iterable[str]) -> dict[str, str]:
     """sha256 of each path (relative to ``workdir``)."""
     return {path: hashlib.sha256((workdir / path).read_bytes()).hexdigest() for path in paths}
