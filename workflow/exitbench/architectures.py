@@ -271,6 +271,27 @@ def check_supported(model_type: str) -> Architecture:
     return architecture
 
 
+#: Layer plans that mix attention and SSM blocks: decode cannot run them one block at a time.
+HYBRID_PLANS: tuple[LayerPlan, ...] = ("jamba", "zamba2", "granitemoehybrid")
+
+
+def decode_refusal(model_type: str) -> str | None:
+    """Why the decode stage cannot run ``model_type`` one block at a time, or None if it can.
+
+    Hybrids (:data:`HYBRID_PLANS`) are refused: decode gives each block a cache of its own,
+    and transformers builds a hybrid cache's per-layer types from the model's config, not
+    from the block. A type outside the table is refused by :func:`check_supported`.
+    """
+    architecture = check_supported(model_type)
+    if architecture.plan in HYBRID_PLANS:
+        return (
+            f"model_type {model_type!r} mixes attention and SSM layers: decode runs each "
+            "block with a cache of its own, and transformers builds a hybrid cache's layer "
+            "types from the config, not from the block; decode does not support hybrids yet"
+        )
+    return None
+
+
 def check_layout(config: Any) -> Architecture:
     """The table entry of ``config``'s model_type, refusing a layout its facts do not describe.
 

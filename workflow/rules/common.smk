@@ -1,7 +1,10 @@
 # Config validation and input functions shared by every stage.
+import json
 import os
 import re
 from pathlib import Path
+
+from snakemake.logging import logger
 
 from exitbench.config import (
     ConfigError,
@@ -12,17 +15,17 @@ from exitbench.config import (
     section_defaults,
     validate_config,
 )
+from exitbench.architectures import ARCHITECTURES, decode_refusal
 from exitbench.provenance import model_input_files
-from exitbench.registry import fill_metadata, load_registry
+from exitbench.registry import fill_metadata, load_registry, registry_record
 from exitbench.resources import extract_resources
 from exitbench.zoo import zoo_run_dir
 
 # Snakemake's YAML loader keeps the last of a key given twice: re-read them strictly
 check_config_files(workflow.configfiles)
 config.update(validate_config(config))
-config["models"] = fill_metadata(
-    config["models"], load_registry(resolve_path(config["registry"]))
-)
+REGISTRY = load_registry(resolve_path(config["registry"]))
+config["models"] = fill_metadata(config["models"], REGISTRY)
 
 MODELS = list(config["models"])
 WORKLOADS = list(config["workloads"])
@@ -207,7 +210,41 @@ def decode_pairs():
             f"config key 'decode.workloads': {unknown} are not keys of 'workloads' "
             f"(known: {', '.join(WORKLOADS)})"
         )
-    return [(m, w) for m, w in PAIRS if chosen is None or w in chosen]
+    return [
+        (m, w)
+        for m, w in PAIRS
+        if (chosen is None or w in chosen) and m not in DECODE_REFUSED
+    ]
+
+
+def planned_model_type(name):
+    """A model's model_type as known before anything runs: a hub model's registry row, a
+    local folder's config.json (a zoo run's recipe is never a hybrid); None if unknown."""
+    entry = config["models"][name]
+    if entry.get("hf_id"):
+        record = registry_record(REGISTRY, entry["hf_id"])
+        return record.get("model_type") if record else None
+    if entry.get("path") and zoo_run_dir(entry["path"]) is None:
+        config_json = Path(entry["path"]) / "config.json"
+        if config_json.is_file():
+            return json.loads(config_json.read_text()).get("model_type")
+    return None
+
+
+def decode_refused():
+    """{model: why} for the models decode cannot run: they get no decode job, their summary's
+    decode columns stay empty, and every Snakemake invocation says so once."""
+    refused = {}
+    for name in MODELS:
+        model_type = planned_model_type(name)
+        if model_type in ARCHITECTURES and decode_refusal(model_type):
+            refused[name] = decode_refusal(model_type)
+    for name, why in refused.items():
+        logger.warning(f"decode: no decode job for model {name!r}: {why}")
+    return refused
+
+
+DECODE_REFUSED = decode_refused()
 
 
 def decode_outputs(wildcards=None):
