@@ -219,7 +219,8 @@ def decode_pairs():
 
 def planned_model_type(name):
     """A model's model_type as known before anything runs: a hub model's registry row, a
-    local folder's config.json (a zoo run's recipe is never a hybrid); None if unknown."""
+    local folder's config.json (a zoo run's recipe is never a hybrid); None if unknown.
+    """
     entry = config["models"][name]
     if entry.get("hf_id"):
         record = registry_record(REGISTRY, entry["hf_id"])
