@@ -965,6 +965,93 @@ def test_pairs_use_the_paired_bootstrap_when_score_jsons_keep_document_sums():
     assert "as if independent" in pair["method"].iloc[0]
 
 
+def _auc_curve_block(savings: list[float], consistency: float) -> dict[str, Any]:
+    """``document_sums`` of a model whose held-out sweep has two thresholds: one where
+    document d (10 tokens, L = 4) saves ``savings[d]`` at consistency ``consistency``,
+    and +inf (no savings, consistency 1). Every document is held out."""
+    n_docs = len(savings)
+    return {
+        "documents": [f"doc{d}" for d in range(n_docs)],
+        "heldout": [True] * n_docs,
+        "metrics": {},
+        "curves": {
+            "consistency_savings_auc": {
+                "split": "heldout",
+                "measure": "maxprob",
+                "savings_numerator": [[s * 40, 0.0] for s in savings],
+                "savings_denominator": [40.0] * n_docs,
+                "consistency_numerator": [[consistency * 10, 10.0]] * n_docs,
+                "consistency_denominator": [10.0] * n_docs,
+            }
+        },
+    }
+
+
+def test_auc_pair_uses_a_paired_bootstrap_of_the_recomputed_curve():
+    """Sweep points (S, C) and (0, 1) plus the curve's start (0, 1) have the area
+    S (1 + C) / 2. Base saves 0.1, 0.3, 0.5, 0.7 on four documents (S = 0.4), tuned
+    each + 0.08, 0.12, 0.10, 0.10 (S = 0.5), both at C = 0.8: AUC 0.36 and 0.45, d = 0.09.
+    Every resample's d is 0.9 times a mean of the four shifts, within [0.072, 0.108],
+    while the documents' spread makes each model's own CI wide."""
+    from exitbench import metrics
+
+    base_savings = [0.1, 0.3, 0.5, 0.7]
+    shifts = [0.08, 0.12, 0.10, 0.10]
+    tuned_savings = [s + shift for s, shift in zip(base_savings, shifts, strict=True)]
+    base, tuned = _auc_curve_block(base_savings, 0.8), _auc_curve_block(tuned_savings, 0.8)
+
+    def own_ci(savings):  # each model's marginal bootstrap CI (as its score JSON has it)
+        weights = metrics.bootstrap_weights(4, 2000, np.random.default_rng(1))
+        s = weights @ np.array(savings) / 4
+        auc = metrics.consistency_savings_auc(np.stack([s, 0 * s], 1), np.full((2000, 2), 0.8))
+        auc = np.where(s > 0, auc, np.nan)
+        return metrics.percentile_ci(auc)
+
+    rows = []
+    for model, savings, extra in [("b", base_savings, {}), ("t", tuned_savings, {})]:
+        low, high = own_ci(savings)
+        row = {"model": model, "arch": "dense", "tuning": "base", **extra}
+        row["consistency_savings_auc"] = np.mean(savings) * 0.9
+        row["consistency_savings_auc_ci_low"], row["consistency_savings_auc_ci_high"] = low, high
+        rows.append(row)
+    rows[1].update(tuning="tuned", base_model="b")
+    sums = {("b", "w"): base, ("t", "w"): tuned}
+
+    def pair_row(document_sums):
+        stats = aggregate.claim_statistics(
+            _fake_summary(rows),
+            metrics=["consistency_savings_auc"],
+            n_boot=2000,
+            document_sums=document_sums,
+        )
+        pair = stats[stats["analysis"] == "base_vs_tuned_pair"]
+        (pair,) = pair.to_dict(orient="records")
+        return pair
+
+    paired = pair_row(sums)
+    assert paired["estimate"] == pytest.approx(0.09)
+    assert 0.072 - 1e-12 <= paired["ci_low"] < 0.09 < paired["ci_high"] <= 0.108 + 1e-12
+    assert "paired document bootstrap" in paired["method"] and "4 documents" in paired["method"]
+    combined = pair_row(None)  # score JSONs without the curve sums: the old combination
+    assert "as if independent" in combined["method"]
+    assert combined["estimate"] == pytest.approx(0.09)
+    paired_width = paired["ci_high"] - paired["ci_low"]
+    combined_width = combined["ci_high"] - combined["ci_low"]
+    assert combined_width > 0.3 and paired_width < 0.1 * combined_width
+    # the same draws as the ratio metrics; the estimate alone without resamples
+    direct = aggregate.paired_document_bootstrap(
+        base, tuned, "consistency_savings_auc", 0, np.random.default_rng(0)
+    )
+    assert direct == {"estimate": pytest.approx(0.09), "n_documents": 4}
+    # one shared document: the resamples all draw it
+    one = {**tuned, "documents": ["doc0", "x1", "x2", "x3"]}
+    result = aggregate.paired_document_bootstrap(
+        base, one, "consistency_savings_auc", 100, np.random.default_rng(0)
+    )
+    assert result["n_documents"] == 1 and result["estimate"] == pytest.approx(0.9 * 0.08)
+    assert result["ci_low"] == pytest.approx(0.072) and result["ci_high"] == pytest.approx(0.072)
+
+
 def test_size_axis_uses_active_parameters_and_keeps_total():
     # an MoE with 1e9 active of 1e10 total sits at 10^9 on the compute axis
     rows = _model_rows(

@@ -191,6 +191,13 @@ def test_perfect_confidence_policy_matches_oracle_on_heldout(tmp_path):
     # the +inf end of every sweep never exits early
     assert summary["sweeps"]["maxprob"][-1]["threshold"] is None
     assert summary["sweeps"]["maxprob"][-1]["savings"] == 0.0
+    # five held-out documents of 16 tokens: their curve sums give back the headline AUC
+    curve = summary["document_sums"]["curves"]["consistency_savings_auc"]
+    assert curve["savings_denominator"] == [16 * 6] * 5
+    assert curve["consistency_denominator"] == [16] * 5
+    s_num, c_num = np.array(curve["savings_numerator"]), np.array(curve["consistency_numerator"])
+    auc = metrics.consistency_savings_auc(s_num.sum(0) / (80 * 6), c_num.sum(0) / 80)
+    assert auc == pytest.approx(summary["headline"]["consistency_savings_auc"]["estimate"])
 
 
 def test_rerun_is_byte_identical_and_order_independent(tmp_path):
@@ -803,4 +810,21 @@ def test_document_sums_reproduce_the_headline_hand_computed(tmp_path):
     held = sums["metrics"]["savings_at_99"]
     assert held["split"] == "heldout"
     assert len(held["numerator"]) == sum(sums["heldout"]) == 1
+    # the AUC is no ratio of sums: its measure's held-out sweep sums, per document and
+    # threshold, give back the held-out curve (the JSON's sweep) and the headline AUC
+    curve = sums["curves"]["consistency_savings_auc"]
+    assert curve["split"] == "heldout" and curve["measure"] == summary["best_measure"]["auc"]
+    sweep = summary["sweeps"][curve["measure"]]
+    n_held = 3  # tokens of the one held-out document (a and b have 3 each)
+    assert curve["savings_denominator"] == [n_held * 4]
+    assert curve["consistency_denominator"] == [n_held]
+    (s_num,), (c_num,) = curve["savings_numerator"], curve["consistency_numerator"]
+    assert len(s_num) == len(c_num) == len(sweep)
+    assert (s_num[-1], c_num[-1]) == (0, n_held)  # threshold +inf: every token exits at L
+    savings = np.array(s_num) / (n_held * 4)
+    consistency = np.array(c_num) / n_held
+    assert savings == pytest.approx([p["savings"] for p in sweep])
+    assert consistency == pytest.approx([p["consistency"] for p in sweep])
+    auc = metrics.consistency_savings_auc(savings, consistency)
+    assert auc == pytest.approx(head["consistency_savings_auc"]["estimate"])
     score.validate_headline(summary)

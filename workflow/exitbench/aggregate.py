@@ -35,7 +35,9 @@ lists the models that failed.
   model whose ``base_model`` is in the study, with the 95% percentile CI of a
   paired document bootstrap (:func:`paired_document_bootstrap`: the same
   resampled documents for both models, from the score JSONs'
-  ``document_sums``), and the mean paired difference over pairs with its
+  ``document_sums``; for the AUC, which is no ratio of sums, the curve is
+  recomputed from per-document sweep sums on each resample), and the mean
+  paired difference over pairs with its
   t-based CI (mean +- t_{0.975, n-1} * sd / sqrt(n)) and paired t-test.
 * ``control_vs_base_pair`` / ``control_vs_base``: the same for d = control - base,
   each positive control (``control: true``, trained for early exit) against its
@@ -72,6 +74,7 @@ from scipy import stats
 
 from .config import resolve_path
 from .logs import job_failure
+from .metrics import consistency_savings_auc
 from .provenance import MODEL_FILE_PATTERNS, model_input_files, package_versions, write_json
 from .selection import (
     SIZE_BANDS,
@@ -724,6 +727,68 @@ def _document_ratio(
     return ids, num, den
 
 
+def _document_curve(sums: Mapping[str, Any], metric: str) -> tuple[list[str], ...] | None:
+    """(held-out document ids, savings numerators ``[n, K]`` and denominators ``[n]``,
+    consistency numerators ``[n, K]`` and denominators ``[n]``) of a curve metric
+    (``document_sums["curves"][metric]``, e.g. ``consistency_savings_auc``)."""
+    entry = (sums.get("curves") or {}).get(metric)
+    if not isinstance(entry, Mapping):
+        return None
+    documents, heldout = sums.get("documents") or [], sums.get("heldout") or []
+    ids = [d for d, held in zip(documents, heldout, strict=False) if held]
+    keys = ("savings_numerator", "savings_denominator")
+    keys += ("consistency_numerator", "consistency_denominator")
+    if not ids or any(key not in entry for key in keys):
+        return None
+    parts = [np.asarray(entry[key], dtype=np.float64) for key in keys]  # None -> nan
+    if [p.ndim for p in parts] != [2, 1, 2, 1] or parts[0].shape != parts[2].shape:
+        return None
+    if any(p.shape[0] != len(ids) for p in parts):
+        return None
+    return (ids, *parts)
+
+
+def _curve_auc(weights: np.ndarray, curve: Sequence[np.ndarray]) -> np.ndarray:
+    """AUC of the consistency-savings curve summed over documents with ``weights``
+    ``[B, n]`` (multiplicities): ``S_k = (w @ s_num)_k / (w @ s_den)``,
+    ``C_k = (w @ c_num)_k / (w @ c_den)``, then
+    :func:`exitbench.metrics.consistency_savings_auc`; ``[B]``."""
+    s_num, s_den, c_num, c_den = curve
+    with np.errstate(all="ignore"):
+        savings = (weights @ s_num) / (weights @ s_den)[:, None]
+        consistency = (weights @ c_num) / (weights @ c_den)[:, None]
+        return consistency_savings_auc(savings, consistency)
+
+
+def _paired_curve_bootstrap(
+    a: tuple[Any, ...], b: tuple[Any, ...], n_boot: int, rng: np.random.Generator
+) -> dict[str, Any] | None:
+    """:func:`paired_document_bootstrap` of a curve metric: each resample's curve and
+    AUC are recomputed for both models from the same drawn documents."""
+    index_a = {d: i for i, d in enumerate(a[0])}
+    index_b = {d: i for i, d in enumerate(b[0])}
+    shared = sorted(set(index_a) & set(index_b))
+    if not shared:
+        return None
+    ia = np.array([index_a[d] for d in shared])
+    ib = np.array([index_b[d] for d in shared])
+    curve_a = [part[ia] for part in a[1:]]
+    curve_b = [part[ib] for part in b[1:]]
+    n = len(shared)
+    ones = np.ones((1, n))
+    estimate = float(_curve_auc(ones, curve_b)[0] - _curve_auc(ones, curve_a)[0])
+    out: dict[str, Any] = {"estimate": estimate, "n_documents": n}
+    if n_boot > 0:
+        draws = rng.integers(0, n, size=(n_boot, n))  # the draws of the ratio metrics
+        flat = (draws + np.arange(n_boot)[:, None] * n).ravel()
+        weights = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+        boot = _curve_auc(weights, curve_b) - _curve_auc(weights, curve_a)
+        boot = boot[np.isfinite(boot)]
+        if boot.size:
+            out["ci_low"], out["ci_high"] = _percentile(boot)
+    return out if math.isfinite(estimate) else None
+
+
 def paired_document_bootstrap(
     first: Mapping[str, Any],
     second: Mapping[str, Any],
@@ -740,12 +805,19 @@ def paired_document_bootstrap(
     sorted id order) and uses the same draw for both models:
     ``d* = sum num2[draw] / sum den2[draw] - sum num1[draw] / sum den1[draw]``. So
     a difference that is the same on every document has a zero-width CI, however
-    much the documents differ. Returns ``{estimate, ci_low, ci_high, n_documents}``,
-    or None when either block lacks ``metric`` or no document is shared.
+    much the documents differ. A curve metric (``document_sums["curves"]``: the
+    AUC) uses the same draws: each model's held-out sweep ``(S_k, C_k)`` is summed
+    over the drawn documents and its area recomputed
+    (:func:`exitbench.metrics.consistency_savings_auc`), ``d* = AUC2* - AUC1*``.
+    Returns ``{estimate, ci_low, ci_high, n_documents}``, or None when either block
+    lacks ``metric`` or no document is shared.
     """
     a, b = _document_ratio(first, metric), _document_ratio(second, metric)
     if a is None or b is None:
-        return None
+        curve_a, curve_b = _document_curve(first, metric), _document_curve(second, metric)
+        if curve_a is None or curve_b is None:
+            return None
+        return _paired_curve_bootstrap(curve_a, curve_b, n_boot, rng)
     index_a = {d: i for i, d in enumerate(a[0])}
     index_b = {d: i for i, d in enumerate(b[0])}
     shared = sorted(set(index_a) & set(index_b))

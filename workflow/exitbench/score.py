@@ -447,6 +447,9 @@ class ExitPolicies:
     document_sums: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = field(
         default_factory=dict
     )
+    #: ``[measure]["savings" | "consistency"] = (numerator [docs, K], denominator [docs])``
+    #: per held-out document and sweep threshold: the held-out curve whose area is the AUC
+    curve_sums: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
 
 def exit_policies(
@@ -514,7 +517,7 @@ def exit_policies(
         calibration = str(params["calibration"])
         _measure_policy(out, name, thresholds, sums, docs, flops, num_layers, targets, calibration)
     for alias, name in metrics.MEASURE_ALIASES.items():  # old names stay readable
-        for table in (out.policies, out.sweeps, out.auc, out.document_sums):
+        for table in (out.policies, out.sweeps, out.auc, out.document_sums, out.curve_sums):
             table[alias] = table[name]
     return out
 
@@ -563,6 +566,10 @@ def _measure_policy(
             boot_s = 1 - (w_held @ sums["exit_layer"][heldout]) / (boot_n * L)
             boot_c = (w_held @ sums["agree"][heldout]) / boot_n
         auc_low, auc_high = metrics.percentile_ci(metrics.consistency_savings_auc(boot_s, boot_c))
+    out.curve_sums[name] = {
+        "savings": ((n_held * L)[:, None] - sums["exit_layer"][heldout], n_held * L),
+        "consistency": (sums["agree"][heldout], n_held),
+    }
     out.auc[name] = {
         "heldout": _ci(
             metrics.consistency_savings_auc(held["savings"], held["consistency"]),
@@ -683,6 +690,14 @@ def document_sums(
     cover, in ``documents`` order) and ``numerator``/``denominator`` with
     ``headline[name] = sum(numerator) / sum(denominator)``. Policy numbers are those of
     the headline measure at its calibration-chosen threshold.
+
+    ``curves["consistency_savings_auc"]`` (the AUC is no ratio of sums): the held-out
+    documents' sums of the headline AUC measure's sweep, per document d and threshold k,
+    ``savings_numerator[d][k] = n_d L - sum e_k`` over ``savings_denominator[d] = n_d L``
+    and ``consistency_numerator[d][k] = sum 1[yhat_{e_k} = yhat]`` over
+    ``consistency_denominator[d] = n_d``: summed over any multiset of documents they give
+    that resample's curve ``(S_k, C_k)``, and :func:`metrics.consistency_savings_auc` of
+    the curve over all held-out documents is ``headline["consistency_savings_auc"]``.
     """
     out: dict[str, Any] = {}
     for name, (num, den) in oracle.document_sums.items():
@@ -711,6 +726,25 @@ def document_sums(
             }
             for name, entry in sorted(out.items())
         },
+        "curves": _curve_sums(policies, best_measure),
+    }
+
+
+def _curve_sums(policies: ExitPolicies, best_measure: Mapping[str, str]) -> dict[str, Any]:
+    """``document_sums["curves"]``: the AUC measure's held-out sweep sums per document."""
+    curve = policies.curve_sums.get(best_measure.get("auc", ""))
+    if curve is None:
+        return {}
+    (s_num, s_den), (c_num, c_den) = curve["savings"], curve["consistency"]
+    return {
+        "consistency_savings_auc": {
+            "split": "heldout",
+            "measure": best_measure["auc"],
+            "savings_numerator": np.asarray(s_num, np.float64).tolist(),
+            "savings_denominator": np.asarray(s_den, np.float64).tolist(),
+            "consistency_numerator": np.asarray(c_num, np.float64).tolist(),
+            "consistency_denominator": np.asarray(c_den, np.float64).tolist(),
+        }
     }
 
 
