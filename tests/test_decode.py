@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from exitbench import decode, metrics
 from exitbench.aggregate import _typed, _with_decode_columns
 from exitbench.decode import BlockRunner, DecodeError, ExitPolicy
-from exitbench.extract import reduce_hidden_states
+from exitbench.extract import reduce_layers
 from exitbench.lens import LogitLens
 from exitbench.tables import read_table, write_table
 
@@ -138,7 +138,7 @@ def test_early_exit_never_exiting_equals_full_with_zero_savings(models, kind, st
 
 
 @pytest.mark.parametrize("kind", ("llama", "mixtral", "mamba2"))
-@pytest.mark.parametrize("measure", ("maxprob", "entropy", "patience_maxprob", "pabee"))
+@pytest.mark.parametrize("measure", ("maxprob", "entropy", "patience_maxprob", "pabee", "cos_prev"))
 def test_recompute_teacher_forced_exits_equal_the_lens_shard(models, kind, measure):
     """States under recompute are exact, so each token's exit layer is the one metrics.exit_layer
     computes from the extract stage's lens statistics for the same threshold."""
@@ -148,9 +148,7 @@ def test_recompute_teacher_forced_exits_equal_the_lens_shard(models, kind, measu
     prompt, forced = sequence[:6], sequence[6:]
     lens = LogitLens.from_model(model)
     ids = torch.tensor([sequence])
-    with torch.no_grad():
-        hidden_states = lens.forward_hidden_states(ids)
-        stats = reduce_hidden_states(lens, hidden_states, ids, torch.ones_like(ids), 2, 64)
+    stats = reduce_layers(lens, ids, torch.ones_like(ids), 2, 64)
     layers = np.asarray(stats["layer"])
     L = lens.num_layers
     n = len(sequence)
@@ -158,12 +156,17 @@ def test_recompute_teacher_forced_exits_equal_the_lens_shard(models, kind, measu
     def table(column):  # [L, positions]
         return np.asarray(stats[column])[layers >= 1].reshape(n, L).T
 
-    source = {"entropy": "entropy", "pabee": "top1"}.get(measure, "maxprob")
+    source = {"entropy": "entropy", "pabee": "top1", "cos_prev": "cos_prev"}.get(measure, "maxprob")
     values, patience = table(source), 2
     m = metrics.measure_values(measure, values, values, values, values, patience, top1=values)
     inner = m[:-1, len(prompt) - 1 : -1]
-    # a threshold some tokens meet and some do not (PABEE: the top-1 held for one more check)
-    threshold = 1.0 if measure == "pabee" else float(np.median(inner[np.isfinite(inner)]))
+    # a threshold some tokens meet and some do not (PABEE: the top-1 held for one more check;
+    # cos_prev: one that some tokens meet at layer 1, which Mamba2 can exit at too)
+    threshold = float(np.median(inner[np.isfinite(inner)]))
+    if measure == "pabee":
+        threshold = 1.0
+    elif measure == "cos_prev":
+        threshold = float(np.median(inner[0]))
     shown = -threshold if measure == "entropy" else threshold
     expected = metrics.exit_layer(m[:, len(prompt) - 1 : -1], np.float32(threshold))
     runner = BlockRunner(model)
@@ -178,6 +181,42 @@ def test_recompute_teacher_forced_exits_equal_the_lens_shard(models, kind, measu
     assert gen.exit_layers == expected.tolist()
     assert 1 < len(set(gen.exit_layers))  # exits at several layers, L included
     assert gen.recomputed_blocks > 0
+    if measure == "cos_prev":  # layer 1 has a cosine for every family (Mamba2: with h_0)
+        assert 1 in gen.exit_layers and np.isfinite(inner[0]).all()
+
+
+@pytest.mark.parametrize("kind", ("llama", "mamba2"))
+def test_decode_cosines_equal_the_lens_shard(models, kind, monkeypatch):
+    """Every cosine early-exit decoding checks (layers 1..L-1, a threshold never met) equals
+    the extract stage's cos_prev at that layer and position: same states, same definition
+    (Mamba2's layer 1 against the embedding output). Decoding never checks layer L: an exit
+    there is no exit."""
+    model = models[kind]
+    torch.manual_seed(2)
+    sequence = torch.randint(3, 120, (16,)).tolist()
+    prompt, forced = sequence[:6], sequence[6:]
+    lens = LogitLens.from_model(model)
+    ids = torch.tensor([sequence])
+    stats = reduce_layers(lens, ids, torch.ones_like(ids), 2, 64)
+    L, n = lens.num_layers, len(sequence)
+    shard = np.asarray(stats["cos_prev"])[np.asarray(stats["layer"]) >= 1].reshape(n, L).T
+    seen = []
+    cosine_prev = decode.cosine_prev
+
+    def record(hidden, previous):
+        seen.append(cosine_prev(hidden, previous))
+        return seen[-1]
+
+    monkeypatch.setattr(decode, "cosine_prev", record)
+    policy = ExitPolicy("cos_prev", 2.0)  # no cosine reaches 2: every layer 1..L-1 is checked
+    gen = decode.early_exit_generate(
+        BlockRunner(model), prompt, len(forced), policy, "recompute", forced=forced
+    )
+    assert gen.exit_layers == [L] * len(forced)
+    got = np.asarray(seen).reshape(len(forced), L - 1).T
+    expected = shard[: L - 1, len(prompt) - 1 : -1]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ("llama", "mamba2"))

@@ -83,10 +83,8 @@ def test_shard_rows_and_final_layer(tiny_model_dirs, tokens_path, tmp_path, kind
         np.testing.assert_allclose(
             final["logprob_final_top1"], np.log(final["maxprob"]), rtol=0, atol=1e-6
         )
-        first = table[table["layer"] == layers[0]]
-        assert first["cos_prev"].isna().all() and table["cos_prev"].notna().sum() == len(
-            table
-        ) - len(first)
+        # null only at layer 0; the Mamba family (layers 1..L) has a cosine at every layer
+        assert (table["cos_prev"].isna() == (table["layer"] == 0)).all()
 
 
 def pd_isna(value) -> bool:
@@ -394,3 +392,74 @@ def test_chunk_sized_by_memory_budget(tiny_model_dirs, tokens_path):
     fixed = extract.reduce_layers(lens, ids, torch.ones_like(ids), top_k=3, token_chunk=5)
     np.testing.assert_array_equal(budget["topk_ids"], fixed["topk_ids"])
     np.testing.assert_allclose(budget["entropy"], fixed["entropy"], rtol=1e-5, atol=1e-6)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).numpy()
+
+
+def _by_layer(result: dict[str, np.ndarray], layer: int) -> np.ndarray:
+    return result["cos_prev"][result["layer"] == layer]
+
+
+@pytest.mark.parametrize("kind", ["llama", "mamba2"])
+def test_cos_prev_compares_like_with_like(tiny_model_dirs, tokens_path, kind):
+    """cos_prev at L reads the final norm's input (pre-norm h_L), captured here by a hook of
+    the test's own on a plain forward; Mamba2's layer 1 compares h_1 with the embedding output.
+    A random final-norm weight makes normed and pre-norm h_L point different ways."""
+    model, lens = load(tiny_model_dirs, kind)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        lens.norm.weight.copy_(torch.rand_like(lens.norm.weight) * 2 + 0.1)
+    windows = windows_of(tokens_path)
+    ids = torch.tensor([windows[0]])
+    result = extract.reduce_layers(lens, ids, torch.ones_like(ids), top_k=3, token_chunk=5)
+    L = lens.num_layers
+
+    captured = {}
+    handle = lens.norm.register_forward_pre_hook(lambda m, args: captured.setdefault("h", args[0]))
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states
+        embedding = model.get_input_embeddings()(ids)
+    handle.remove()
+    pre_norm = captured["h"][0]
+    if kind == "llama":  # (h_0, ..., h_{L-1}, norm(h_L))
+        previous = hs[L - 1][0]
+        np.testing.assert_allclose(_by_layer(result, 1), _cosine(hs[1][0], hs[0][0]), atol=2e-6)
+        assert np.isnan(_by_layer(result, 0)).all()
+    else:  # Mamba family: (h_1, ..., h_L, norm(h_L)); h_0 is the embedding output
+        previous = hs[L - 2][0]
+        np.testing.assert_array_equal(pre_norm, hs[L - 1][0])  # the hook reads h_L
+        layer1 = _by_layer(result, 1)
+        assert np.isfinite(layer1).all()
+        np.testing.assert_allclose(layer1, _cosine(hs[0][0], embedding[0]), atol=2e-6)
+    expected = _cosine(pre_norm, previous)
+    np.testing.assert_allclose(_by_layer(result, L), expected, atol=2e-6)
+    # the old definition, cos(norm(h_L), h_{L-1}), differs clearly under this norm weight
+    assert np.abs(_by_layer(result, L) - _cosine(hs[-1][0], previous)).max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hooks_change_cos_prev_only(tiny_model_dirs, tokens_path, kind):
+    """Every other lens column is byte-identical to the reduction of the plain
+    ``output_hidden_states`` (no hooks); cos_prev differs only at L and the Mamba layer 1."""
+    model, lens = load(tiny_model_dirs, kind)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        lens.norm.weight.copy_(torch.rand_like(lens.norm.weight) * 2 + 0.1)
+    short, long = windows_of(tokens_path)[1], windows_of(tokens_path)[0]
+    ids = torch.zeros((2, len(long)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0], mask[0] = torch.tensor(long), 1
+    ids[1, : len(short)], mask[1, : len(short)] = torch.tensor(short), 1
+    hooked = extract.reduce_layers(lens, ids, mask, top_k=3, token_chunk=5)
+    with torch.inference_mode():
+        states = model(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        plain = extract.reduce_hidden_states(lens, states, ids, mask, top_k=3, token_chunk=5)
+    for name in extract.FIELDS:
+        if name != "cos_prev":
+            assert hooked[name].tobytes() == plain[name].tobytes(), name
+    layers = hooked["layer"]
+    same = (layers != lens.num_layers) & ((layers != 1) | lens.spec.embedding_entry)
+    np.testing.assert_array_equal(hooked["cos_prev"][same], plain["cos_prev"][same])
+    assert np.isfinite(hooked["cos_prev"][layers == lens.num_layers]).all()

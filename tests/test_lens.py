@@ -27,7 +27,7 @@ import torch
 from tiny_configs import CASES, VOCAB  # tests/tiny_configs.py (tests/ is on sys.path)
 from transformers import AutoModelForCausalLM
 
-from exitbench.architectures import ARCHITECTURES, UnsupportedArchitecture
+from exitbench.architectures import ARCHITECTURES, UnsupportedArchitecture, decoder_blocks
 from exitbench.lens import LogitLens
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -222,3 +222,40 @@ def test_half_precision_last_layer(name) -> None:
         got = lens.decode(lens.hidden_state(hs, lens.num_layers), lens.num_layers)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), logits.float(), rtol=0, atol=0)
+
+
+def test_cosine_states_read_the_final_norms_input_and_the_embedding(case) -> None:
+    """``capture_cosine_states`` records the final norm's input h_L: the model's own final
+    norm (and pre-head) of it is ``hidden_states[-1]``, bit for bit; for the Mamba family it
+    also records the embedding output, block 1's input. The hooks are gone afterwards."""
+    lens = case.lens
+    blocks = decoder_blocks(case.model)
+    block_input = {}
+
+    def keep(module, args, kwargs):
+        block_input.setdefault("h", args[0] if args else kwargs["hidden_states"])
+
+    handle = blocks[0].register_forward_pre_hook(keep, with_kwargs=True)
+    with torch.inference_mode():
+        with lens.capture_cosine_states() as captured:
+            states = lens.forward_hidden_states(case.input_ids, None)
+        handle.remove()
+        if lens.norm is None:  # OPT-350m: no final norm, hidden_states[-1] = project_out(h_L)
+            assert "pre_norm" not in captured
+        else:
+            normed = lens.norm(captured["pre_norm"])
+            if lens.pre_head is not None:
+                normed = lens.pre_head(normed)
+            torch.testing.assert_close(normed, states[-1], rtol=0, atol=0)
+    cosine = lens.cosine_states(states, captured)
+    if case.name in NO_EMBEDDING_ENTRY:
+        torch.testing.assert_close(captured["embedding"], block_input["h"], rtol=0, atol=0)
+        torch.testing.assert_close(captured["pre_norm"], states[-2], rtol=0, atol=0)
+        assert sorted(cosine) == [0, *lens.layer_numbers] and cosine[0] is captured["embedding"]
+    else:
+        assert "embedding" not in captured and sorted(cosine) == lens.layer_numbers
+    if "pre_norm" in captured:
+        assert cosine[lens.num_layers] is captured["pre_norm"]
+    hooks = [m._forward_pre_hooks for m in (lens.norm,) if m is not None]
+    hooks += [case.model.get_input_embeddings()._forward_hooks]
+    assert not any(hooks)

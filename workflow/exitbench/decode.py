@@ -11,7 +11,9 @@ Methods, each greedy, one prompt at a time (batch 1):
 * ``early_exit`` (CALM-style): the new token runs through the blocks one at a
   time; after block l (l < L, l an allowed exit layer) the calibrated measure
   m_l of the lens (maxprob, margin, -entropy, cos_prev, patience) is compared
-  with the threshold tau; at the first l with m_l >= tau the lens top-1 of
+  with the threshold tau (cos_prev as extraction defines it, :func:`cosine_prev`:
+  block l's output against its input, so the Mamba family's layer 1 compares
+  with the embedding output); at the first l with m_l >= tau the lens top-1 of
   layer l is emitted. The skipped layers l+1..L of that position:
 
   - ``recompute`` (exact, EE-LLM / SkipDecode-like): nothing now; when a later
@@ -429,6 +431,18 @@ def check_decode_settings(
         )
 
 
+def cosine_prev(hidden: torch.Tensor, previous: torch.Tensor) -> float:
+    """cos_prev of the new token (the last position), as extraction defines it
+    (:meth:`exitbench.lens.LogitLens.cosine_states`): cos(h_l, h_{l-1}) in float32 of
+    block l's output and input, so layer L reads the pre-norm h_L and layer 1 the
+    embedding output (block 1's input), for the Mamba family too."""
+    return float(
+        torch.nn.functional.cosine_similarity(
+            hidden[0, -1].float(), previous[0, -1].float(), dim=-1
+        )
+    )
+
+
 def early_exit_generate(
     runner: BlockRunner,
     prompt: Sequence[int],
@@ -491,16 +505,7 @@ def early_exit_generate(
                 history.append(stats)
                 if policy.measure == "cos_prev":
                     gen.flops += costs.cosine
-                    has_previous = runner.architecture.embedding_entry or layer > 1
-                    stats["cos_prev"] = (
-                        float(
-                            torch.nn.functional.cosine_similarity(
-                                hidden[0, -1].float(), previous[0, -1].float(), dim=-1
-                            )
-                        )
-                        if has_previous
-                        else math.nan
-                    )
+                    stats["cos_prev"] = cosine_prev(hidden, previous)
                 else:
                     gen.flops += costs.head
                 if policy.passes(policy.value(history)):

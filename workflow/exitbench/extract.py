@@ -12,9 +12,15 @@ argmax and g the next token:
 - ``entropy`` = -Σ_v p_l(v) log p_l(v) (nats);
 - ``logprob_final_top1`` = log p_l(ŷ_L); ``logprob_gold`` = log p_l(g);
 - ``kl_to_final`` = KL(p_L || p_l) = Σ_v p_L(v) (log p_L(v) - log p_l(v));
-- ``cos_prev`` = cos(h_l, h_prev) of the hidden states in float32 (at layer L the
-  state the head reads: final-normed, as transformers returns it; null where
-  the widths differ, as for OPT-350m's projected last state).
+- ``cos_prev`` = cos(h_l, h_{l-1}) of the un-normed hidden states in float32, like
+  with like: at layer L it reads the pre-norm h_L, the final norm's input, which a
+  forward pre-hook records during the same forward pass (hidden_states[-1] is
+  already final-normed); for the Mamba family (no embedding entry, layers 1..L)
+  layer 1 compares h_1 with the embedding output h_0, recorded by a forward hook
+  on the input embeddings (see ``LogitLens.capture_cosine_states``). Null at
+  layer 0 of models with an embedding entry; where the model has no final norm
+  (OPT with ``do_layer_norm_before=False``) layer L reads hidden_states[-1], which
+  is h_L itself, or, for OPT-350m, h_L projected to another width: null there.
 
 How it is computed (memory is bounded by ``token_chunk`` x V, never
 layers x tokens x V): one forward pass per batch keeps every layer's hidden
@@ -32,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,17 +238,23 @@ def reduce_hidden_states(
     top_k: int,
     token_chunk: int | None = None,
     fused: bool | None = None,
+    captured: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """Lens statistics for the real (unmasked) positions of a right-padded batch.
 
     ``token_chunk`` tokens are reduced at a time (None: :func:`chunk_tokens` of
     the vocabulary). ``fused`` streams each chunk over vocabulary tiles
     (:mod:`exitbench.fused`); None uses it on CUDA, where the head is linear.
+    ``captured``: the states :meth:`LogitLens.capture_cosine_states` recorded during
+    the forward pass that gave ``hidden_states`` (pre-norm h_L; the Mamba family's
+    embedding output), which ``cos_prev`` reads (:meth:`LogitLens.cosine_states`);
+    without them cos_prev at layer L compares the final-normed hidden_states[-1] and
+    is NaN at the Mamba family's layer 1. No other column depends on them.
 
     Returns :data:`FIELDS` as numpy arrays with one entry per (row, pos, layer),
     sorted by row, pos, layer; ``topk_ids`` / ``topk_logprobs`` are [n, top_k].
     Missing values: ``gold`` = -1 and ``logprob_gold`` = NaN at a window's last
-    position, ``cos_prev`` = NaN at the first layer.
+    position, ``cos_prev`` = NaN at layer 0 (and wherever it has no previous state).
     Raises :class:`NonFiniteLogitsError` naming the first layer with NaN/inf logits.
     """
     layers = [int(layer) for layer in lens.layer_numbers]
@@ -274,6 +286,10 @@ def reduce_hidden_states(
         layer: lens.hidden_state(hidden_states, layer).reshape(batch * length, -1)
         for layer in layers
     }
+    flat_cosine = {
+        layer: state.reshape(batch * length, -1)
+        for layer, state in lens.cosine_states(hidden_states, captured).items()
+    }
     order = [final_layer] + [layer for layer in layers if layer != final_layer]
     head_device = lens.head.weight.device if fused_lens.supported(lens) else None
     if fused is None:
@@ -301,16 +317,23 @@ def reduce_hidden_states(
             column = layers.index(layer)
             for name, value in out.items():
                 stats[name][start:stop, column] = value
-        previous = hidden[layers[0]].float()
-        for column in range(1, n_layers):
-            current = hidden[layers[column]].float()
+        # cos_prev_l = cos(s_l, s_{l-1}) of the states LogitLens.cosine_states names
+        states = {
+            layer: hidden[layer]
+            if layer in hidden and flat is flat_hidden[layer]
+            else flat[on("real", real, flat.device)[start:stop]]
+            for layer, flat in flat_cosine.items()
+        }
+        for column, layer in enumerate(layers):
+            if layer - 1 not in states:
+                continue
+            current, previous = states[layer].float(), states[layer - 1].float()
             # OPT-350m's last state is already projected to the head width: no cosine (null)
             if current.shape[-1] == previous.shape[-1]:
                 cosine = torch.nn.functional.cosine_similarity(
                     current, previous.to(current.device), dim=-1
                 )
                 stats["cos_prev"][start:stop, column] = cosine.to(stats["cos_prev"].device)
-            previous = current
 
     # NaN anywhere in a layer's logits, or +-inf, makes its entropy non-finite.
     finite = torch.isfinite(stats["entropy"]).all(dim=0).cpu()
@@ -417,11 +440,13 @@ def reduce_layers(
     token_chunk: int | None = None,
     fused: bool | None = None,
 ) -> dict[str, np.ndarray]:
-    """One forward pass of a right-padded batch, then :func:`reduce_hidden_states`."""
+    """One forward pass of a right-padded batch (recording the states ``cos_prev`` reads),
+    then :func:`reduce_hidden_states`."""
     with torch.inference_mode():
-        hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
+        with lens.capture_cosine_states() as captured:
+            hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
         return reduce_hidden_states(
-            lens, hidden_states, input_ids, attention_mask, top_k, token_chunk, fused
+            lens, hidden_states, input_ids, attention_mask, top_k, token_chunk, fused, captured
         )
 
 
@@ -439,13 +464,16 @@ def reduce_both_lenses(
     The tuned lens is the logit lens on the translated states
     (:meth:`TunedLens.translate_states`), so both go through the same reduction.
     ``cos_prev`` is a property of the hidden states, not of the lens: the tuned
-    result carries the logit result's (cosines of the untranslated states).
+    result carries the logit result's (cosines of the untranslated states, with the
+    pre-norm h_L at layer L: :meth:`LogitLens.cosine_states`).
     """
     with torch.inference_mode():
-        hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
+        with lens.capture_cosine_states() as captured:
+            hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
         logit = reduce_hidden_states(
-            lens, hidden_states, input_ids, attention_mask, top_k, token_chunk, fused
+            lens, hidden_states, input_ids, attention_mask, top_k, token_chunk, fused, captured
         )
+        del captured
         translated = tuned.translate_states(hidden_states)
         del hidden_states
         result = reduce_hidden_states(

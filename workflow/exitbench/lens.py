@@ -20,6 +20,14 @@ Transformer models (and the Jamba / Zamba2 hybrids) give
 (h_1, ..., h_L, norm(h_L)), so h_l = hidden_states[l - 1] for l < L. In both
 cases the lens takes layer L from ``hidden_states[-1]``.
 
+``cos_prev`` compares like with like (:meth:`LogitLens.capture_cosine_states`,
+:meth:`LogitLens.cosine_states`): at layer L it reads the pre-norm h_L, the
+final norm's input recorded by a forward pre-hook during the same forward pass
+(where the model has no final norm, ``hidden_states[-1]`` is h_L itself, or
+OPT-350m's projected state of another width: no cosine); for the Mamba family
+the input embeddings' output, recorded by a forward hook, is h_0, so layer 1
+has a cosine too.
+
 Every per-architecture fact (which module is the final norm, which post-head
 transform, how hidden states are indexed) comes from the one table,
 :data:`exitbench.architectures.ARCHITECTURES`.
@@ -28,7 +36,8 @@ transform, how hidden states are indexed) comes from the one table,
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -194,6 +203,57 @@ class LogitLens:
                 f"for {self.model_type!r} does not match this transformers version"
             )
         return hidden_states
+
+    @contextmanager
+    def capture_cosine_states(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Record what ``cos_prev`` needs beyond ``hidden_states`` during the forward passes
+        inside the ``with`` block; the hooks are removed on exit.
+
+        The yielded dict gets ``"pre_norm"``: the final norm's input, the pre-norm h_L
+        (a forward pre-hook on the table's ``final_norm``; absent where that module is None,
+        as on OPT-350m); and, for models without an embedding entry (Mamba family),
+        ``"embedding"``: the input embeddings' output h_0 (a forward hook). The first call
+        of each module is kept. Pass the dict to :meth:`cosine_states`.
+        """
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def keep_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.setdefault("pre_norm", args[0] if args else next(iter(kwargs.values())))
+
+        def keep_output(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            captured.setdefault("embedding", output)
+
+        if self.norm is not None:
+            handles.append(self.norm.register_forward_pre_hook(keep_input, with_kwargs=True))
+        embeddings = self.model.get_input_embeddings()
+        if not self.spec.embedding_entry and embeddings is not None:
+            handles.append(embeddings.register_forward_hook(keep_output))
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def cosine_states(
+        self,
+        hidden_states: Sequence[torch.Tensor],
+        captured: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """The state ``cos_prev`` reads at each layer: cos_prev_l = cos(s_l, s_{l-1}).
+
+        s_l = :meth:`hidden_state` (l, un-normed for l < L), except s_L = the pre-norm h_L
+        and, for the Mamba family, s_0 = the embedding output, where ``captured`` (from
+        :meth:`capture_cosine_states`) holds them. Without them s_L is ``hidden_states[-1]``
+        (the final-normed state) and the Mamba family has no s_0 (no cosine at layer 1).
+        """
+        captured = captured or {}
+        states = {layer: self.hidden_state(hidden_states, layer) for layer in self.layer_numbers}
+        if "pre_norm" in captured:
+            states[self.num_layers] = captured["pre_norm"]
+        if not self.spec.embedding_entry and "embedding" in captured:
+            states[self.layer_numbers[0] - 1] = captured["embedding"]
+        return states
 
 
 def _to(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
