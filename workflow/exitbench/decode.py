@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .architectures import check_supported, decoder_blocks, module_at
+from .architectures import check_supported, decode_refusal, decoder_blocks, module_at
 from .lens import LogitLens
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,6 @@ METHODS: tuple[str, ...] = ("full", "early_exit", "self_speculative")
 STRATEGIES: tuple[str, ...] = ("recompute", "propagate")
 #: Layer plans whose every block caches keys/values only (rollback = truncate).
 _CROPPABLE_PLANS = ("transformer",)
-#: Layer plans that mix attention and SSM blocks (not supported: see BlockRunner).
-_HYBRID_PLANS = ("jamba", "zamba2", "granitemoehybrid")
 
 
 class DecodeError(ValueError):
@@ -181,12 +179,9 @@ class BlockRunner:
         model_type = model.config.model_type
         self.model = model
         self.architecture = check_supported(model_type)
-        if self.architecture.plan in _HYBRID_PLANS:
-            raise DecodeError(
-                f"model_type {model_type!r} mixes attention and SSM layers: decode runs each "
-                "block with a cache of its own, and transformers builds a hybrid cache's layer "
-                "types from the config, not from the block; decode does not support hybrids yet"
-            )
+        refusal = decode_refusal(model_type)  # hybrids; the plan already skips known ones
+        if refusal:
+            raise DecodeError(refusal)
         self.lens = LogitLens.from_model(model)
         self.blocks = decoder_blocks(model)
         self.num_layers = len(self.blocks)
