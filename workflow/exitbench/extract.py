@@ -54,7 +54,7 @@ from exitbench.lens import LogitLens, TunedLens
 from exitbench.tokens import TokenizeError
 from exitbench.translators import load_tuned_lens
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PAD_ID = 0  # any valid id: padded positions are masked and never emitted
 # Float32 logits per chunk buffer when the chunk is sized by memory (see chunk_tokens).
@@ -577,9 +577,7 @@ def extract_shard(
     seq_ids, windows = read_shard_windows(tokens_path, shard_index, shard_sequences)
     n_tokens = int(sum(len(window) for window in windows))
     if not windows:
-        logger.info(
-            "shard %d of %s has no windows: writing an empty table", shard_index, tokens_path
-        )
+        log.info("shard %d of %s has no windows: writing an empty table", shard_index, tokens_path)
         tables.write_table(to_table(_empty_result(top_k), seq_ids), out_path, "lens")
         if tuned_out_path is not None:
             tables.write_table(to_table(_empty_result(top_k), seq_ids), tuned_out_path, "lens")
@@ -595,7 +593,7 @@ def extract_shard(
     deterministic = torch.are_deterministic_algorithms_enabled()
     if on_cpu:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    logger.info(
+    log.info(
         "extract %s shard %d: %d windows, %d tokens, %d layers (%s) -> %s",
         model_name,
         shard_index,
@@ -647,7 +645,7 @@ def extract_shard(
                 ) from err
             if out_of_memory:  # outside the except block, so the failed batch's tensors are freed
                 batch_size //= 2
-                logger.warning("CUDA out of memory: retrying with batch_size=%d", batch_size)
+                log.warning("CUDA out of memory: retrying with batch_size=%d", batch_size)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
@@ -712,7 +710,7 @@ def _check_vocabulary(
     head = model.get_output_embeddings()
     head_vocab = int(head.weight.shape[0]) if head is not None else vocab
     if top_k > head_vocab:
-        logger.warning(
+        log.warning(
             "extract.top_k = %d is larger than model %r's vocabulary of %d: topk_ids and "
             "topk_logprobs hold %d entries per row",
             top_k,
@@ -752,5 +750,5 @@ def _stats(
         "seconds": round(seconds, 3),
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
     }
-    logger.info("extract done: %s", stats)
+    log.info("extract done: %s", stats)
     return stats

@@ -49,7 +49,7 @@ from exitbench.architectures import (
     module_at,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = ["LogitLens", "TunedLens", "apply_post_head"]
 
