@@ -127,7 +127,7 @@ def test_verified_facts(registry):
     # corrections: Qwen1.5-0.5B's tied head counted once; Gemma-3 >= 4B without the vision tower
     assert registry_record(registry, "Qwen/Qwen1.5-0.5B")["total_params"] == 4.64e8
     gemma4 = registry_record(registry, "google/gemma-3-4b-pt")
-    assert (gemma4["total_params"], gemma4["multimodal_params"]) == (3.88e9, 4.3e9)
+    assert (gemma4["total_params"], gemma4["multimodal_params"]) == (3.88e9, 4.32e9)
     gemma12 = registry_record(registry, "google/gemma-3-12b-pt")
     assert (gemma12["total_params"], gemma12["multimodal_params"]) == (1.177e10, 1.22e10)
     gemma27 = registry_record(registry, "google/gemma-3-27b-pt")
@@ -259,10 +259,14 @@ def test_fill_metadata_fills_and_config_values_win(registry):
         "release": "2019-02",
         "arch": "dense",
         "total_params": 1.24e8,
+        "layers": 12,
+        "hidden": 768,
+        "vocab": 50257,
         "tuning": "base",
         "gated": False,
     }
     assert type(gpt2["total_params"]) is float and type(gpt2["gated"]) is bool
+    assert type(gpt2["layers"]) is int  # the config schema's integer, not numpy's
     assert filled["mine"]["release"] == "2020-01" and filled["mine"]["family"] == "Mine"
     assert filled["mine"]["arch"] == "dense" and filled["mine"]["total_params"] == 3.55e8
     assert filled["llama-chat"]["base_model"] == "llama-base"
