@@ -1,12 +1,23 @@
-"""Cluster resources of extract jobs (exitbench.resources): the formula on hand-computed models,
-its settings (config key `resources:`), overrides and retries."""
+"""Cluster resources of extract and translators jobs (exitbench.resources): the formula on
+hand-computed models, its settings (config key `resources:`), overrides and retries."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from exitbench.config import ConfigError, validate_config
-from exitbench.resources import accelerator_memory_gb, extract_resources
+from exitbench.registry import fill_metadata, load_registry
+from exitbench.resources import (
+    accelerator_memory_gb,
+    extract_resources,
+    loaded_params,
+    translator_parameters,
+    translators_resources,
+)
+
+REGISTRY = Path(__file__).resolve().parent.parent / "data" / "registry.csv"
 
 
 def settings(**given) -> dict:
@@ -156,10 +167,98 @@ def test_unknown_or_bad_settings_name_the_key():
         settings(memory_overhead=0.5)
 
 
+@pytest.mark.parametrize("sized", [extract_resources, translators_resources])
 @pytest.mark.parametrize(
     ("attempt", "gpu", "message"),
     [(0, 0, "attempt must be >= 1"), (1, -1, "'resources.gpu' must be >= 0")],
 )
-def test_bad_arguments_name_the_problem(attempt, gpu, message):
+def test_bad_arguments_name_the_problem(sized, attempt, gpu, message):
     with pytest.raises(ValueError, match=message):
-        extract_resources({"total_params": 1e9}, attempt, {"gpu": gpu})
+        sized({"total_params": 1e9}, attempt, {"gpu": gpu})
+
+
+# --------------------------------------------------------------------------- multimodal
+
+
+def test_gemma3_jobs_are_sized_by_the_checkpoint_the_loader_reads():
+    """Gemma-3 >= 4B loads as Gemma3ForConditionalGeneration, vision tower included: its jobs
+    get the memory and time of the multimodal total, not of the text model the lens reads."""
+    (entry,) = fill_metadata(
+        {"g": {"hf_id": "google/gemma-3-4b-pt", "dtype": "bfloat16"}}, load_registry(REGISTRY)
+    ).values()
+    assert (entry["total_params"], entry["multimodal_params"]) == (3.88e9, 4.32e9)
+    assert (entry["layers"], entry["hidden"], entry["vocab"]) == (34, 2560, 262208)
+    assert loaded_params(entry) == 4.32e9
+    assert loaded_params({"total_params": 3.88e9}) == 3.88e9
+    # GPU: host 16 + 0.25 * 2 B * 4.32e9 = 18.16 GB; runtime ceil(30 + 1.2 * 4.32) = 36
+    assert extract_resources(entry, 1, GPU) == {
+        "gpu": 1,
+        "mem_mb": 18160,
+        "runtime": 36,
+        "cpus_per_gpu": 4,
+    }
+    # CPU: the whole model, 1.2 * 2 * 4.32 = 10.368 GB + 2 GB (the text model alone: 11312)
+    assert extract_resources(entry, 1, CPU)["mem_mb"] == 12368
+    text_only = {key: value for key, value in entry.items() if key != "multimodal_params"}
+    assert extract_resources(text_only, 1, CPU)["mem_mb"] == 11312
+
+
+# --------------------------------------------------------------------------- translators
+
+LLAMA2_7B = {
+    "total_params": 6.7e9,
+    "dtype": "bfloat16",
+    "arch": "dense",
+    "layers": 32,
+    "hidden": 4096,
+    "vocab": 32000,
+}
+TUNED_LENS_DEFAULTS = {"steps": 250, "tokens_per_step": 2**18, "batch_tokens": 8192}
+
+
+def test_translators_of_a_7b_model_by_hand():
+    assert translator_parameters(LLAMA2_7B) == 32 * (4096**2 + 4096)
+    res = translators_resources(LLAMA2_7B, 1, GPU, TUNED_LENS_DEFAULTS)
+    # memory: weights 1.2 * 2 * 6.7 = 16.08 GB, translators' fp32 weights + gradients +
+    # momentum 12 * 32 * (4096^2 + 4096) B = 6.44 GB, one pass of 8192 tokens
+    # 8192 * (16 * 32000 + 2 * 33 * 4096) B = 6.41 GB: 28.9 GB, one GPU
+    # runtime: 250 * 2^18 tokens * (2 * 6.7e9 + 3 * 32 * (2 * 4096^2 + 2 * 4096 * 32000))
+    # FLOPs = 2.7386e18 at 100 TFLOP/s = 456.4 min, + 30 min
+    assert res == {"gpu": 1, "mem_mb": 19350, "runtime": 487, "cpus_per_gpu": 4}
+    # the defaults of translators: are tuned-lens's, so no section means the same request
+    assert translators_resources(LLAMA2_7B, 1, GPU) == res
+    # twice the sustained throughput halves the training part
+    assert translators_resources(LLAMA2_7B, 1, settings(gpu=1, gpu_tflops=200))["runtime"] == 259
+    # memory and time grow with the attempt, as extract's
+    assert translators_resources(LLAMA2_7B, 2, GPU)["runtime"] == 2 * 487
+
+
+def test_translators_of_a_70b_model_need_a_gpu_more_than_its_extract():
+    """Llama-3-70B at the paper study's settings: extract fits 2 x 85 GB, the translators'
+    64 GB of training state and a 28 GB pass do not."""
+    paper = settings(gpu=1, gpu_memory_gb=85, memory_overhead=1.05)
+    entry = {
+        "total_params": 7.06e10,
+        "dtype": "bfloat16",
+        "layers": 80,
+        "hidden": 8192,
+        "vocab": 128256,
+    }
+    assert extract_resources(entry, 1, paper)["gpu"] == 2
+    res = translators_resources(entry, 1, paper, TUNED_LENS_DEFAULTS)
+    # 148.26 GB weights + 64.43 GB state + 27.68 GB pass = 240.4 GB -> 3 x 85 GB
+    assert res["gpu"] == 3
+    # 65.5M tokens x 677.7 GFLOP at 100 TFLOP/s: 7,402 min (about 5 days) + 30
+    assert res["runtime"] == 7433
+
+
+def test_translators_of_a_tiny_model_on_cpu_and_without_shape():
+    zoo = {"path": "results/zoo/llama-s", "total_params": 2.7e6, "layers": 8, "hidden": 128}
+    res = translators_resources(zoo, 1, CPU, {"steps": 20, "tokens_per_step": 512})
+    # no vocab: the registry's largest, 262144, bounds a pass of min(8192, 512) tokens:
+    # 512 * (16 * 262144 + 4 * 9 * 128) B = 2.150 GB + weights 1.2 * 4 * 2.7e6 B = 0.013 GB
+    # + state 12 * 8 * (128^2 + 128) B = 0.0016 GB on the host; F = 6 * 2.7e6 FLOPs per
+    # token x 10240 tokens at 0.03 TFLOP/s = 5.5 s, + 30 min
+    assert res == {"gpu": 0, "mem_mb": 2165, "runtime": 31, "cpus_per_gpu": 4}
+    # no layers or hidden: translators of total_params / 6 parameters (an upper bound)
+    assert translator_parameters({"total_params": 6e9}) == 1e9

@@ -16,7 +16,7 @@ import yaml
 
 from exitbench.config import validate_config
 from exitbench.registry import fill_metadata, load_registry, registry_record
-from exitbench.resources import extract_resources
+from exitbench.resources import extract_resources, translators_resources
 from exitbench.selection import SIZE_BANDS, size_band
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,6 +140,45 @@ def test_paper_positive_controls(registry):
         assert entry["gated"] is True and entry["tuning"] == "base", name
         assert entry["total_params"] == models[entry["base_model"]]["total_params"], name
     assert not any(entry.get("control") for entry in load(SINGLE_GPU)["models"].values())
+
+
+def test_paper_runs_both_lenses_with_the_tuned_lens_defaults(registry):
+    """The paper study trains the tuned lens's translators with tuned-lens's own defaults
+    (250 steps of 2^18 tokens, issue 12); the single-GPU study's two hours cannot afford
+    them (the README gives its ~110 GPU-hours), so it keeps the logit lens only."""
+    paper = filled(PAPER, registry)
+    assert paper["lenses"] == ["logit", "tuned"]
+    assert (paper["translators"]["steps"], paper["translators"]["tokens_per_step"]) == (250, 2**18)
+    single = filled(SINGLE_GPU, registry)
+    assert single["lenses"] == ["logit"]
+    hours = sum(
+        translators_resources(entry, 1, single["resources"], paper["translators"])["runtime"]
+        for entry in single["models"].values()
+    )
+    assert hours / 60 > 2 * 20, "translators alone would exceed the single-GPU budget 20 times"
+
+
+def test_paper_translators_fit_their_gpus(registry):
+    """Each translators job holds the (loaded) weights, the translators' fp32 training state
+    and one forward pass; 70-72B models need a third 85 GB GPU for it, nothing needs four."""
+    config = filled(PAPER, registry)
+    card_gb = config["resources"]["gpu_memory_gb"]
+    for name, entry in config["models"].items():
+        planned = translators_resources(entry, 1, config["resources"], config["translators"])
+        state_gb = 12 * entry["layers"] * (entry["hidden"] ** 2 + entry["hidden"]) / 1e9
+        weights_gb = 2 * (entry.get("multimodal_params") or entry["total_params"]) / 1e9
+        assert weights_gb + state_gb <= planned["gpu"] * card_gb, name
+        assert planned["gpu"] >= extract_resources(entry, 1, config["resources"])["gpu"], name
+        if entry["total_params"] >= 6.5e10:
+            assert planned["gpu"] == 3, f"{name}: a 70B-class model's translators get 3 x 85 GB"
+        assert planned["gpu"] <= 3, name
+
+
+def test_codestral_mamba_is_pinned_to_its_transformers_branch():
+    """transformers' Mamba2 docs load Mamba-Codestral from the PR branch refs/pr/9 (the repo's
+    main holds mistral-inference's files); the loader passes the revision through."""
+    entry = load(PAPER)["models"]["codestral-mamba-7b"]
+    assert (entry["hf_id"], entry["revision"]) == ("mistralai/Mamba-Codestral-7B-v0.1", "refs/pr/9")
 
 
 def test_paper_generations_are_size_balanced(registry):
@@ -296,14 +335,28 @@ def test_dry_run_plans_the_expected_jobs(study, registry, tmp_path):
     shards = [(m, w, str(k)) for m, w in pairs for k in range(SHARDS[study])]
     assert sorted(keys("extract", "model", "workload", "shard")) == sorted(shards)
     assert len(by_rule["aggregate"]) == len(by_rule["figures"]) == 1
+    if "tuned" in config["lenses"]:  # one translators job per model, a tuned score per pair
+        assert sorted(keys("translators", "model")) == sorted((m,) for m in models)
+        assert sorted(keys("score_tuned", "model", "workload")) == sorted(pairs)
+        assert len(by_rule["figures_lenses"]) == 1
+    else:
+        assert not {"translators", "score_tuned", "figures_lenses"} & set(by_rule)
     if study == PAPER:  # the job count, written out: 130 models x 4 workloads x 2 shards
         assert len(models) == PAPER_MODELS
         assert len(by_rule["extract"]) == PAPER_MODELS * 4 * 2 == 1040
         assert len(by_rule["score"]) == len(by_rule["tokenize"]) == PAPER_MODELS * 4
+        assert len(by_rule["translators"]) == PAPER_MODELS == 130
+        assert len(by_rule["score_tuned"]) == PAPER_MODELS * 4 == 520
 
     # each extract job asks for what exitbench.resources derives from the study's settings
     for job in by_rule["extract"]:
         entry = config["models"][job["wildcards"]["model"]]
         derived = extract_resources(entry, 1, config["resources"])
+        planned = {key: int(job["resources"][key]) for key in ("gpu", "mem_mb", "runtime")}
+        assert planned == {key: derived[key] for key in planned}, job["wildcards"]
+    # ... and each translators job what it derives from the same settings and translators:
+    for job in by_rule.get("translators", []):
+        entry = config["models"][job["wildcards"]["model"]]
+        derived = translators_resources(entry, 1, config["resources"], config["translators"])
         planned = {key: int(job["resources"][key]) for key in ("gpu", "mem_mb", "runtime")}
         assert planned == {key: derived[key] for key in planned}, job["wildcards"]

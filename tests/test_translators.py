@@ -369,3 +369,25 @@ def test_zoo_model_held_out_kl_is_lower_under_the_tuned_lens(tmp_path, one_threa
     for layer in logit:
         assert tuned[layer] <= logit[layer] + 0.02, (layer, tuned, logit)
     assert np.mean(list(tuned.values())) < 0.8 * np.mean(list(logit.values())), (tuned, logit)
+
+
+def test_gradient_accumulation_is_the_same_step_in_smaller_passes(tiny_model_dirs, one_thread):
+    """A step of 64 tokens (4 windows of 16) in passes of at most 20 tokens (one window each)
+    trains the same translators as one pass up to float rounding, logs the same per-layer
+    KL, and a budget of at least the step's tokens is one pass, bit for bit (the zoo's case)."""
+    model = _load(tiny_model_dirs["llama"])
+    lens = LogitLens.from_model(model)
+    windows = _windows(12, 16, model.config.vocab_size, seed=2)
+    assert [len(p) for p in tr.forward_passes(windows, np.arange(4), 20)] == [1, 1, 1, 1]
+    assert [len(p) for p in tr.forward_passes(windows, np.arange(4), 40)] == [2, 2]
+    assert [len(p) for p in tr.forward_passes(windows, np.arange(4), None)] == [4]
+    one, log_one = tr.train_translators(lens, windows, FAST, seed=7)
+    split, log_split = tr.train_translators(lens, windows, FAST, seed=7, batch_tokens=20)
+    same, _ = tr.train_translators(lens, windows, FAST, seed=7, batch_tokens=64)
+    assert [row["tokens"] for row in log_split] == [row["tokens"] for row in log_one] == [64] * 6
+    for key, value in one.state_dict().items():
+        assert torch.equal(value, same.state_dict()[key]), key
+        assert torch.allclose(value, split.state_dict()[key], atol=1e-6, rtol=1e-5), key
+    assert any(bool(p.abs().sum() > 0) for p in split.parameters())
+    for a, b in zip(log_one, log_split, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)

@@ -51,6 +51,10 @@ METADATA_KEYS = (
     "arch",
     "total_params",
     "active_params",
+    "multimodal_params",  # with layers, hidden, vocab: what sizes a model's jobs
+    "layers",
+    "hidden",
+    "vocab",
     "tuning",
     "control",
     "gated",

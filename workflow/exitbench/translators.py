@@ -123,12 +123,17 @@ def step_windows(n_windows: int, windows_per_step: int, steps: int, seed: int) -
 
 
 def layer_losses(
-    tuned: TunedLens, input_ids: torch.Tensor, attention_mask: torch.Tensor, backward: bool
+    tuned: TunedLens,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    backward: bool,
+    weight: float = 1.0,
 ) -> dict[int, float]:
-    """KL(p_L || p_l^tuned) per layer l < L, mean over the batch's real positions.
+    """KL(p_L || p_l^tuned) per layer l < L, mean over the batch's real positions, times
+    ``weight`` (a forward pass's share of its step's tokens under gradient accumulation).
 
-    With ``backward`` each layer's loss is back-propagated at once (into the translators
-    only), so one layer's logits are alive at a time.
+    With ``backward`` each layer's weighted loss is back-propagated at once (into the
+    translators only), so one layer's logits are alive at a time.
     """
     lens = tuned.logit
     hidden_states = lens.forward_hidden_states(input_ids, attention_mask)
@@ -148,11 +153,30 @@ def layer_losses(
         with torch.set_grad_enabled(backward):
             log_layer = torch.log_softmax(tuned.decode(hidden, layer).float(), dim=-1)
             log_layer = log_layer.to(log_final.device)
-            loss = (final_prob * (log_final - log_layer)).sum(-1).mean()
+            loss = (final_prob * (log_final - log_layer)).sum(-1).mean() * weight
             if backward:
                 loss.backward()
         losses[layer] = float(loss.detach())
     return losses
+
+
+def forward_passes(
+    windows: Sequence[np.ndarray], indices: np.ndarray, batch_tokens: int | None
+) -> list[np.ndarray]:
+    """A step's window ``indices`` split, in order, into forward passes of at most
+    ``batch_tokens`` tokens each (at least one window a pass); one pass when None."""
+    if batch_tokens is None:
+        return [indices]
+    passes: list[list[int]] = [[]]
+    tokens = 0
+    for index in indices:
+        length = len(windows[int(index)])
+        if passes[-1] and tokens + length > batch_tokens:
+            passes.append([])
+            tokens = 0
+        passes[-1].append(int(index))
+        tokens += length
+    return [np.asarray(group, dtype=indices.dtype) for group in passes]
 
 
 def train_translators(
@@ -161,11 +185,15 @@ def train_translators(
     settings: TrainingSettings,
     seed: int,
     description: str = "translators",
+    batch_tokens: int | None = None,
 ) -> tuple[torch.nn.ModuleList, list[dict[str, Any]]]:
     """Trained translators for ``lens``'s model and the per-step training log.
 
     ``windows`` are token-id arrays of training documents only. The model is frozen
-    (its ``requires_grad`` flags are restored afterwards).
+    (its ``requires_grad`` flags are restored afterwards). A step of more than
+    ``batch_tokens`` tokens accumulates its gradient over forward passes of at most that
+    many (each pass's loss weighted by its share of the step's tokens): the same step as
+    one pass up to float rounding, in a fraction of the memory.
     """
     if len(windows) == 0:
         raise TranslatorError("translators: no training windows (no training documents)")
@@ -196,9 +224,19 @@ def train_translators(
     progress = tqdm(total=settings.steps, unit="step", desc=description)
     try:
         for step, indices in enumerate(schedule):
-            input_ids, attention_mask = _batch([windows[int(i)] for i in indices])
+            batches = [
+                _batch([windows[int(i)] for i in group])
+                for group in forward_passes(windows, indices, batch_tokens)
+            ]
+            step_tokens = sum(int(mask.sum()) for _, mask in batches)
             learning_rate = optimizer.param_groups[0]["lr"]
-            losses = layer_losses(tuned, input_ids, attention_mask, backward=True)
+            losses: dict[int, float] = {}
+            for input_ids, attention_mask in batches:
+                share = int(attention_mask.sum()) / step_tokens if len(batches) > 1 else 1.0
+                for layer, value in layer_losses(
+                    tuned, input_ids, attention_mask, backward=True, weight=share
+                ).items():
+                    losses[layer] = losses.get(layer, 0.0) + value
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 translators.parameters(), settings.max_grad_norm
             )
@@ -209,7 +247,7 @@ def train_translators(
                 {
                     "step": step,
                     "learning_rate": learning_rate,
-                    "tokens": int(attention_mask.sum()),
+                    "tokens": step_tokens,
                     "loss": sum(losses.values()),
                     "grad_norm": float(grad_norm),
                     "kl_per_layer": {str(layer): value for layer, value in losses.items()},
@@ -483,6 +521,7 @@ def build_translators(
     calibration_fraction: float = 0.5,
     device: str = "auto",
     threads: int | None = None,
+    batch_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The ``translators`` stage for one model: copy a published lens (``tuned_lens:``) after
     checking it, or train on the training documents; write the folder; return a summary."""
@@ -507,7 +546,12 @@ def build_translators(
         windows, counts = calibration_windows(tokens_paths or {}, calibration_fraction, seed)
         source = {"workloads": sorted(tokens_paths or {}), **counts}
     translators, log = train_translators(
-        lens, windows, settings, seed, description=f"translators {model_name}"
+        lens,
+        windows,
+        settings,
+        seed,
+        description=f"translators {model_name}",
+        batch_tokens=batch_tokens,
     )
     base = entry.get("hf_id") or entry.get("path") or model_name
     config = lens_config(d_model, num_layers, base, entry.get("revision"))

@@ -18,7 +18,7 @@ from exitbench.config import (
 from exitbench.architectures import ARCHITECTURES, decode_refusal
 from exitbench.provenance import model_input_files
 from exitbench.registry import fill_metadata, load_registry, registry_record
-from exitbench.resources import extract_resources
+from exitbench.resources import extract_resources, translators_resources
 from exitbench.zoo import zoo_run_dir
 
 # Snakemake's YAML loader keeps the last of a key given twice: re-read them strictly
@@ -152,6 +152,19 @@ def extract_resource(key):
         entry = config["models"][wildcards.model]
         # None (no such resource) where the model names no GPU type
         return extract_resources(entry, attempt, config["resources"]).get(key)
+
+    return get
+
+
+def translators_resource(key):
+    """Per-model cluster request for a translators job: extract's formula plus the training
+    state and FLOPs of the config's translators: settings (exitbench.resources)."""
+
+    def get(wildcards, attempt):
+        entry = config["models"][wildcards.model]
+        settings = config["resources"]
+        training = config.get("translators") or section_defaults("translators")
+        return translators_resources(entry, attempt, settings, training).get(key)
 
     return get
 

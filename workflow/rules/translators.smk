@@ -18,11 +18,11 @@ rule translators:
     # one thread: on a shared 2-core machine two threads per job run several times slower
     threads: 1
     resources:
-        gpu=extract_resource("gpu"),
-        mem_mb=extract_resource("mem_mb"),
-        runtime=extract_resource("runtime"),
-        cpus_per_gpu=extract_resource("cpus_per_gpu"),
-        gpu_model=extract_resource("gpu_model"),
+        gpu=translators_resource("gpu"),
+        mem_mb=translators_resource("mem_mb"),
+        runtime=translators_resource("runtime"),
+        cpus_per_gpu=translators_resource("cpus_per_gpu"),
+        gpu_model=translators_resource("gpu_model"),
     params:
         **{key: TRANSLATORS[key] for key in TRAINING_KEYS},
         source=model_source,

@@ -26,4 +26,5 @@ translators.build_translators(
     # a speed knob from the validated config, not a param: editing it reruns nothing
     device=snakemake.config["translators"]["device"],
     threads=snakemake.threads,
+    batch_tokens=snakemake.config["translators"]["batch_tokens"],  # memory knob, like device
 )
