@@ -393,6 +393,10 @@ def test_decode_files_writes_both_outputs_from_heldout_prompts(
             assert r["agreement"] == 1.0 and r["first_divergence"] is None
         assert len(r["prompt_ids"]) == 6 and len(r["generated_ids"]) == 5
     assert json.loads(out_json.read_text()) == summary
+    assert summary["n_prompts"] == 3 and summary["few_prompts"] is True
+    assert summary["warnings"] == [decode.prompt_warnings(3)[0]]
+    assert "only 3 prompt(s) (fewer than 20)" in summary["warnings"][0]
+    assert decode.prompt_warnings(20) == []
     assert set(summary["realised"]) == set(variants)
     assert summary["realised"]["full"]["block_savings"]["estimate"] == 0
     predicted = summary["predicted"]["self_speculative"]["self_speculative/k=2/gamma=2"]

@@ -68,6 +68,7 @@ import torch
 from . import metrics
 from .architectures import check_supported, decode_refusal, decoder_blocks, module_at
 from .lens import LogitLens
+from .score import MIN_CI_DOCUMENTS
 
 log = logging.getLogger(__name__)
 
@@ -953,6 +954,18 @@ def _headline(
     return out
 
 
+def prompt_warnings(n_prompts: int) -> list[str]:
+    """The decode JSON's ``warnings``: CIs over prompts rest on the prompts as resampling
+    units, and fewer than :data:`~exitbench.score.MIN_CI_DOCUMENTS` of them (the score
+    stage's bar for documents) cannot support a percentile bootstrap."""
+    if n_prompts >= MIN_CI_DOCUMENTS:
+        return []
+    return [
+        f"only {n_prompts} prompt(s) (fewer than {MIN_CI_DOCUMENTS}): bootstrap CIs over "
+        "prompts are unreliable; use more (decode.prompts, held-out documents permitting)"
+    ]
+
+
 def decode_summary(
     rows: Sequence[Mapping[str, Any]],
     score_summary: Mapping[str, Any],
@@ -988,6 +1001,8 @@ def decode_summary(
         "workload": workload,
         "num_layers": num_layers,
         "n_prompts": n_prompts,
+        "few_prompts": n_prompts < MIN_CI_DOCUMENTS,
+        "warnings": prompt_warnings(n_prompts),
         "prompt_tokens": int(params.get("prompt_tokens", 0)),
         "new_tokens": int(params.get("new_tokens", 0)),
         "policy": {
@@ -1081,6 +1096,8 @@ def decode_files(
     summary = validate_summary(summary)
     write_table(table, parquet_path, TABLE)
     write_json(summary, json_path)
+    for warning in summary["warnings"]:
+        log.warning("%s / %s: %s", model_name, workload, warning)
     for name, entry in summary["realised"].items():
         log.info(
             "%s / %s %s: %.1f tokens/s, block savings %.3f, FLOP savings %.3f, agreement %.3f",
