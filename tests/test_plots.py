@@ -8,6 +8,7 @@ import json
 import re
 import struct
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import numpy as np
 import pandas as pd
@@ -33,8 +34,11 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def write_fake_decode(results: Path, pairs) -> dict[tuple[str, str], Path]:
-    """A decode JSON per pair (decode stage, schema decode.schema.json) with made-up numbers."""
+def write_fake_decode(
+    results: Path, pairs, ks: tuple[int, ...] = (1, 2, 3), gammas: tuple[int, ...] = (2, 4)
+) -> dict[tuple[str, str], Path]:
+    """A decode JSON per pair (decode stage, schema decode.schema.json) with made-up numbers:
+    a self-speculative variant per (k, gamma), FLOP savings -0.6 + 0.1 k - 0.05 gamma."""
     paths = {}
     for i, (model, workload) in enumerate(sorted(pairs)):
 
@@ -53,23 +57,47 @@ def write_fake_decode(results: Path, pairs) -> dict[tuple[str, str], Path]:
                 **{k: ci(0.2 + 0.02 * i) for k in ("block_savings", "flop_savings")},
                 "wall_speedup": ci(1.1), "agreement": ci(0.9),
             },
-            "self_speculative/k=2/gamma=4": {
-                "method": "self_speculative", "flop_savings": ci(0.3),
-                "wall_speedup": ci(1.2), "acceptance_rate": ci(0.6),
-            },
         }  # fmt: skip
-        predicted = {"self_speculative": {"self_speculative/k=2/gamma=4": {"flop_speedup": 1.5}}}
+        predicted = {"self_speculative": {}}
+        for k in ks:
+            for gamma in gammas:
+                name = f"self_speculative/k={k}/gamma={gamma}"
+                realised[name] = {
+                    "method": "self_speculative", "k": k, "gamma": gamma,
+                    "flop_savings": ci(-0.6 + 0.1 * k - 0.05 * gamma),
+                    "wall_speedup": ci(0.8 + 0.1 * k), "acceptance_rate": ci(0.6),
+                }  # fmt: skip
+                predicted["self_speculative"][name] = {
+                    "k": k, "gamma": gamma, "alpha": 0.5, "flop_speedup": 1.0 + 0.1 * k
+                }  # fmt: skip
         path = results / "decode" / model / f"{workload}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"realised": realised, "predicted": predicted}))
+        data = {"model": model, "workload": workload, "num_layers": 6}
+        path.write_text(json.dumps({**data, "realised": realised, "predicted": predicted}))
         paths[(model, workload)] = path
     return paths
 
 
-def render_study(root: Path, **study_kwargs) -> tuple[Path, list[Path]]:
-    """Write a fake study, aggregate it and render every figure through the file entry point."""
-    study = write_fake_study(root, **study_kwargs)
+#: A positive control of llama-7b (trained for early exit): more savings than its base.
+CONTROL = {
+    "llama-7b-ee": (
+        {**FAKE_MODELS["llama-7b"][0], "control": True, "base_model": "llama-7b"},
+        32,
+        0.45,
+    )
+}
+STUDY_MODELS = {**FAKE_MODELS, **CONTROL}
+
+
+def render_study(root: Path, decode: dict | None = None, **study_kwargs) -> tuple[Path, list[Path]]:
+    """Write a fake study (default: :data:`STUDY_MODELS`), aggregate it and render every figure
+    through the file entry point; ``decode``: keyword arguments of :func:`write_fake_decode`,
+    ``False`` for a study that decoded nothing."""
+    study = write_fake_study(root, **{"models": STUDY_MODELS, **study_kwargs})
     results = root / "results"
+    decode_jsons = (
+        {} if decode is False else write_fake_decode(results, study.score_jsons, **(decode or {}))
+    )
     aggregate.aggregate_files(
         study.score_jsons,
         study.models,
@@ -79,7 +107,7 @@ def render_study(root: Path, **study_kwargs) -> tuple[Path, list[Path]]:
         results / "statistics.csv",
         results / "statistics.json",
         n_boot=200,
-        decode_jsons=write_fake_decode(results, study.score_jsons),
+        decode_jsons=decode_jsons,
     )
     out = root / "figures"
     paths = plots.figures_from_files(
@@ -88,6 +116,7 @@ def render_study(root: Path, **study_kwargs) -> tuple[Path, list[Path]]:
         study.score_jsons.values(),
         results / "statistics.json",
         out,
+        decode_paths=decode_jsons.values(),
     )
     return out, paths
 
@@ -101,7 +130,11 @@ def full(tmp_path_factory) -> tuple[Path, list[Path]]:
 def single(tmp_path_factory) -> tuple[Path, list[Path]]:
     models = {"gpt2-small": FAKE_MODELS["gpt2-small"]}
     return render_study(
-        tmp_path_factory.mktemp("single"), models=models, workloads=("docs",), failed=()
+        tmp_path_factory.mktemp("single"),
+        decode={"ks": (2,), "gammas": (4,)},  # one k: a point per series
+        models=models,
+        workloads=("docs",),
+        failed=(),
     )
 
 
@@ -126,7 +159,7 @@ def test_figure_renders_for_single_model_study(single, stem):
     check_files(out, stem)
     # nothing to pair or to follow over training: a message instead of a failure
     shows_message = png_size(out / f"{stem}.png") == MESSAGE_SIZE
-    assert shows_message == (stem in {"base_vs_tuned", "checkpoints"})
+    assert shows_message == (stem in {"base_vs_tuned", "checkpoints", "control_vs_base"})
 
 
 def test_figures_render_without_metadata(tmp_path):
@@ -157,8 +190,9 @@ def test_figures_are_byte_identical_across_renders(tmp_path):
         "mamba",
         "pythia-step0",
         "pythia-step143000",
+        "llama-7b-ee",
     ]
-    models = {name: FAKE_MODELS[name] for name in names}
+    models = {name: STUDY_MODELS[name] for name in names}
     out, first = render_study(tmp_path / "a", models=models, workloads=("docs",), failed=())
     root = out.parent
     again = plots.figures_from_files(
@@ -167,6 +201,7 @@ def test_figures_are_byte_identical_across_renders(tmp_path):
         sorted((root / "results" / "scores").rglob("*.json")),
         root / "results" / "statistics.json",
         tmp_path / "b",
+        decode_paths=sorted((root / "results" / "decode").rglob("*.json")),
     )
     assert [p.name for p in again] == [p.name for p in first]
     assert len(again) == 2 * len(STEMS)
@@ -467,3 +502,195 @@ def test_release_trend_of_zoo_models_says_dates_are_assigned_and_n_too_small(tmp
     hub = _in_memory_study(tmp_path / "hub", names)
     figures = render_keeping_figures(plots.release_trend, hub, tmp_path / "hub-figures")
     assert figures["release_trend"].get_suptitle() == ""
+
+
+# ---------------------------------------------------------------- issues 11, 12, 14: new figures
+
+
+def series(ax) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list | None]]:
+    """(line style, marker) -> (x, y, [(low, high)] or None) of each error-bar series in ``ax``."""
+    out = {}
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            line = container.lines[0]
+            bars = None
+            if container.lines[2]:
+                segments = container.lines[2][0].get_segments()
+                bars = [(float(s[:, 1].min()), float(s[:, 1].max())) for s in segments]
+            key = (line.get_linestyle(), line.get_marker())
+            out[key] = (
+                np.asarray(line.get_xdata(), float),
+                np.asarray(line.get_ydata(), float),
+                bars,
+            )
+    return out
+
+
+def test_speculative_k_draws_each_variant_beside_its_prediction(drawn):
+    """Per gamma (marker), x = k; realised FLOP speed-up 1 / (1 - flop_savings) with the same
+    map of its CI (solid), wall-clock speed-up with its CI (dotted), the decode JSON's
+    predicted FLOP speed-up (dashed, no CI); a line at 1."""
+    root, _, _, figures = drawn
+    fig = figures["speculative_k"]
+    data = json.loads((root / "results" / "decode" / "llama-7b" / "docs.json").read_text())
+    ax = panel(fig, "llama-7b")
+    drawn_series = series(ax)
+    assert set(drawn_series) == {
+        (style, marker) for style in ("-", ":", "--") for marker in ("o", "s")
+    }
+    for gamma, marker in ((2, "o"), (4, "s")):
+        names = [f"self_speculative/k={k}/gamma={gamma}" for k in (1, 2, 3)]
+        savings = [data["realised"][n]["flop_savings"] for n in names]
+        x, y, bars = drawn_series[("-", marker)]
+        np.testing.assert_allclose(x, [1 - 0.12, 2 - 0.12, 3 - 0.12])
+        np.testing.assert_allclose(y, [1 / (1 - s["estimate"]) for s in savings], rtol=1e-12)
+        expected = [(1 / (1 - s["ci_low"]), 1 / (1 - s["ci_high"])) for s in savings]
+        np.testing.assert_allclose(bars, expected, rtol=1e-12)
+        _, y, bars = drawn_series[(":", marker)]
+        wall = [data["realised"][n]["wall_speedup"] for n in names]
+        np.testing.assert_allclose(y, [w["estimate"] for w in wall])
+        np.testing.assert_allclose(bars, [(w["ci_low"], w["ci_high"]) for w in wall])
+        _, y, bars = drawn_series[("--", marker)]
+        predicted = data["predicted"]["self_speculative"]
+        np.testing.assert_allclose(y, [predicted[n]["flop_speedup"] for n in names])
+        assert bars is None
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.lines)
+    assert ax.get_xlim() == (0.5, 5.5)  # k runs over 1..L-1, L = 6
+
+
+def test_speculative_points_handle_one_k_and_missing_cis():
+    data = {
+        "realised": {
+            "full": {"method": "full"},
+            "self_speculative/k=3/gamma=2": {
+                "method": "self_speculative",
+                "k": 3,
+                "gamma": 2,
+                "flop_savings": {"estimate": 0.5, "ci_low": None, "ci_high": None},
+                "wall_speedup": {"estimate": 1.5},
+            },
+        },
+        "predicted": {"self_speculative": {}},
+    }
+    (row,) = plots.speculative_points(data).to_dict("records")
+    assert (row["k"], row["gamma"]) == (3, 2)
+    assert row["flop_speedup"] == 2.0 and np.isnan(row["flop_speedup_ci_low"])
+    assert row["wall_speedup"] == 1.5 and np.isnan(row["wall_speedup_ci_high"])
+    assert np.isnan(row["predicted_flop_speedup"])
+    study = plots.Study(
+        aggregate._typed(
+            pd.DataFrame({"model": ["m"], "workload": ["w"], "status": ["ok"], "arch": ["dense"]})
+        ),
+        pd.DataFrame(),
+        pd.DataFrame(),
+        decode={("m", "w"): data},
+    )
+    with TemporaryDirectory() as out:
+        figures = render_keeping_figures(plots.speculative_k, study, out)
+    ax = panel(figures["speculative_k"], "m")
+    drawn_series = series(ax)
+    assert drawn_series[("-", "o")][1].tolist() == [2.0] and drawn_series[("-", "o")][2] is None
+    assert ("--", "o") not in drawn_series  # no prediction: nothing drawn, no failure
+
+
+def test_control_vs_base_draws_the_pair_rows_and_the_models_values(drawn):
+    _, statistics, summary, figures = drawn
+    fig = figures["control_vs_base"]
+    for index, metric in enumerate(plots.CONTROL_METRICS):
+        values, difference = fig.axes[2 * index], fig.axes[2 * index + 1]
+        assert values.get_title() == plots.METRIC_TITLES[metric]
+        assert difference.get_title() == "control − base (paired)"
+        pair = stat_row(statistics, "control_vs_base_pair", metric, "llama-7b-ee - llama-7b")
+        if pd.isna(pair["estimate"]):  # the fake score JSONs have no S_first: a message
+            assert [t.get_text() for t in difference.texts] == [
+                f"no values of {metric} for the pairs"
+            ]
+            continue
+        x = [line.get_xdata()[0] for line in difference.lines if len(line.get_xdata()) == 1]
+        assert x[0] == pair["estimate"]
+        labels = [t.get_text() for t in difference.get_yticklabels()]
+        assert labels == ["llama-7b-ee − llama-7b", "mean of 1 pair(s)"]
+        assert "no CI (n = 1)" in [t.get_text() for t in difference.texts]
+        # one row per model: its summary value and bootstrap CI
+        rows = summary.set_index("model")
+        labels = [t.get_text() for t in values.get_yticklabels()]
+        assert labels == ["llama-7b-ee", "llama-7b"]
+        for y, (model, container) in enumerate(zip(labels, values.containers, strict=True)):
+            line = container.lines[0]
+            assert (line.get_xdata()[0], line.get_ydata()[0]) == (rows.loc[model, metric], y)
+            (segment,) = container.lines[2][0].get_segments()
+            low, high = rows.loc[model, f"{metric}_ci_low"], rows.loc[model, f"{metric}_ci_high"]
+            assert tuple(segment[:, 0]) == pytest.approx((low, high))
+    oracle = stat_row(
+        statistics, "control_vs_base_pair", "oracle_savings", "llama-7b-ee - llama-7b"
+    )
+    assert oracle["estimate"] == pytest.approx(0.45 - 0.30)
+
+
+def test_figures_without_decode_or_control_say_so(tmp_path):
+    models = {name: FAKE_MODELS[name] for name in ("gpt2-small", "llama-7b", "mixtral")}
+    out, _ = render_study(tmp_path, decode=False, models=models, workloads=("docs",), failed=())
+    for stem in ("speculative_k", "control_vs_base", "decode_realised"):
+        check_files(out, stem)
+        assert png_size(out / f"{stem}.png") == MESSAGE_SIZE, stem
+
+
+def lens_statistics(root: Path) -> dict[str, pd.DataFrame]:
+    """The drawn study's statistics as the logit lens's, and a tuned lens's copy whose release
+    trend of S_settled lies above zero (the logit one does not) and has no class differences."""
+    rows = json.loads((root / "results" / "statistics.json").read_text())["rows"]
+    logit = pd.DataFrame(rows, columns=list(aggregate.STATISTICS_COLUMNS))
+    tuned = logit[logit["analysis"] != "class_difference"].copy()
+    trend = (tuned["analysis"] == "release_trend") & (tuned["metric"] == "oracle_savings")
+    trend &= tuned["group"] == "all"
+    tuned.loc[trend, ["estimate", "ci_low", "ci_high"]] = [0.02, 0.01, 0.03]
+    return {"logit": logit, "tuned": tuned}
+
+
+def test_lens_trends_draws_both_tables_and_marks_where_they_disagree(drawn, tmp_path):
+    root, _, _, _ = drawn
+    statistics = lens_statistics(root)
+    logit_trend = stat_row(statistics["logit"], "release_trend", "oracle_savings", "all")
+    assert logit_trend["ci_low"] < 0  # tuned copy: all above zero, so the two disagree
+    figures = render_keeping_figures(plots.lens_trends, statistics, tmp_path / "a")
+    fig = figures["lens_trends"]
+    ax = panel(fig, "Release trend")
+    labels = ax.get_yticklabels()
+    assert [t.get_text() for t in labels] == ["S_settled", "savings at 99%", "C-S AUC",
+                                              "net FLOP at 99%"]  # fmt: skip
+    # S_settled: logit (black, filled) above tuned (orange, open), each at its table value
+    drawn_series = [
+        (c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0], c.lines[0].get_markerfacecolor())
+        for c in ax.containers
+    ]
+    assert drawn_series[0] == (logit_trend["estimate"], -0.18, "#222222")
+    assert drawn_series[1] == (0.02, 0.18, "white")
+    assert labels[0].get_color() == plots.DISAGREE_COLOR
+    assert all(t.get_color() != plots.DISAGREE_COLOR for t in labels[1:])
+    # class differences: tuned reports none, and n is too small for a CI under the logit lens
+    classes = panel(fig, "Class differences")
+    notes = [t.get_text() for t in classes.texts]
+    assert notes and all(n.startswith("logit: n too small") for n in notes)
+    assert all("tuned: not reported" in n for n in notes)
+    # the pair analyses: one pair, named once under the axis
+    pairs = panel(fig, "Control − base")
+    assert pairs.get_xlabel() == "llama-7b-ee − llama-7b: difference"
+    # byte-identical re-render
+    again = plots.lens_trends(statistics, tmp_path / "b")
+    for path in again:
+        assert filecmp.cmp(path, tmp_path / "a" / path.name, shallow=False), path.name
+
+
+def test_lens_trends_without_claims_says_so(tmp_path):
+    empty = pd.DataFrame(columns=list(aggregate.STATISTICS_COLUMNS))
+    plots.lens_trends({"logit": empty, "tuned": empty}, tmp_path)
+    assert png_size(tmp_path / "lens_trends.png") == MESSAGE_SIZE
+
+
+def test_figures_lenses_rule_reports_lens_trends():
+    rules = (REPO / "workflow" / "rules" / "figures.smk").read_text()
+    assert re.search(
+        r'lens_trends=report\(\s*"figures/lens_trends\.png",\s*caption="\.\./report/lens_trends\.rst"',
+        rules,
+    )
+    assert (REPORT / "lens_trends.rst").exists()

@@ -55,6 +55,7 @@ __all__ = [
     "arch_comparison",
     "base_vs_tuned",
     "checkpoints",
+    "control_vs_base",
     "decode_realised",
     "figures_from_files",
     "load_study",
@@ -63,6 +64,8 @@ __all__ = [
     "release_trend",
     "render_all",
     "saturation_hist",
+    "speculative_k",
+    "speculative_points",
     "tradeoff",
 ]
 
@@ -139,13 +142,15 @@ class Study:
     concatenated per-layer tables (schema ``scores``) of the ``ok`` pairs;
     ``statistics``: the rows of ``results/statistics.json`` (columns
     :data:`exitbench.aggregate.STATISTICS_COLUMNS`), as the aggregate stage
-    wrote them; ``headlines``: score JSON per ``(model, workload)``.
+    wrote them; ``headlines``: score JSON per ``(model, workload)``; ``decode``: the
+    decode JSON (realised beside predicted decoding) per decoded ``(model, workload)``.
     """
 
     summary: pd.DataFrame
     curves: pd.DataFrame
     statistics: pd.DataFrame
     headlines: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    decode: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def workloads(self) -> list[str]:
@@ -165,10 +170,12 @@ def load_study(
     statistics_path: str | Path,
     curves_paths: Iterable[str | Path] = (),
     headline_paths: Iterable[str | Path] = (),
+    decode_paths: Iterable[str | Path] = (),
 ) -> Study:
     """Read a study's files; missing curves/JSON files (failed pairs) are skipped.
 
-    ``statistics_path`` is ``results/statistics.json`` (written by the aggregate stage).
+    ``statistics_path`` is ``results/statistics.json`` (written by the aggregate stage);
+    ``decode_paths`` the decode stage's ``results/decode/{model}/{workload}.json``.
     """
     summary = read_table(summary_path, "summary").to_pandas()
     tables = [read_table(p, "scores") for p in _existing(curves_paths)]
@@ -181,7 +188,11 @@ def load_study(
             headlines[(data["model"], data["workload"])] = data
     rows = json.loads(Path(statistics_path).read_text())["rows"]
     statistics = pd.DataFrame(rows, columns=list(aggregate.STATISTICS_COLUMNS))
-    return Study(summary, curves, statistics, headlines)
+    decode = {}
+    for path in _existing(decode_paths):
+        data = json.loads(path.read_text())
+        decode[(data.get("model", path.parent.name), data.get("workload", path.stem))] = data
+    return Study(summary, curves, statistics, headlines, decode)
 
 
 def _empty_curves() -> pd.DataFrame:
@@ -837,56 +848,93 @@ def arch_comparison(study: Study, out_dir: str | Path) -> list[Path]:
 def base_vs_tuned(study: Study, out_dir: str | Path) -> list[Path]:
     """Paired differences tuned - base per pair with CIs, and their mean (forest plot)."""
     stem = "base_vs_tuned"
-    pairs = [
-        (workload, tuned, base)
-        for workload in study.workloads
-        for tuned, base in selection.tuned_pairs(study.ok(workload))
-    ]
+    pairs = _pairs(study, selection.tuned_pairs)
     if not pairs:
         return _single_message_figure(out_dir, stem, "no base/tuned pairs in this study")
     metrics = FIGURE_METRICS
     nrows, ncols = _grid(len(metrics))
-    n_rows = len(pairs) + len({w for w, _, _ in pairs})
-    fig, axes = _figure(nrows, ncols, 3.7, max(1.7, 0.75 + 0.22 * n_rows))
-    multi = len(study.workloads) > 1
+    fig, axes = _figure(nrows, ncols, 3.7, _forest_height(pairs))
     for ax, metric in zip(axes.flat, metrics, strict=True):
         ax.set_title(METRIC_TITLES[metric])
-        labels: list[str] = []
-        drawn = False
-        for workload in study.workloads:
-            rows = [(t, b) for w, t, b in pairs if w == workload]
-            if not rows:
-                continue
-            suffix = f" ({workload})" if multi else ""
-            for tuned, base in rows:
-                stat = _stat(study, "base_vs_tuned_pair", workload, metric, f"{tuned} - {base}")
-                if stat and pd.notna(stat["estimate"]):
-                    color = arch_color(_meta(study.ok(workload), tuned, "arch"))
-                    _forest_point(ax, len(labels), stat, color, "o")
-                    drawn = True
-                labels.append(f"{tuned} − {base}{suffix}")
-            stat = _stat(study, "base_vs_tuned", workload, metric, "all")
-            if stat and pd.notna(stat["estimate"]):
-                _forest_point(ax, len(labels), stat, "#222222", "D")
-            labels.append(f"mean of {stat['n'] if stat else 0} pair(s){suffix}")
-        if not drawn:
-            _message(ax, f"no values of {metric} for the pairs")
-            continue
-        ax.axvline(0, color="#555555", linewidth=0.8)
-        ax.set_yticks(range(len(labels)), labels)
-        if ax.get_subplotspec().colspan.start > 0:  # same rows in every panel: label them once
-            ax.tick_params(labelleft=False)
-        ax.set_ylim(len(labels) - 0.5, -0.5)
-        unit = METRIC_LABELS[metric].split("\n")[-1]
-        ax.set_xlabel(f"tuned − base\n{unit}")
-        ax.grid(axis="y", visible=False)
-        ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.margins(x=0.1)
+        # same rows in every panel: label them once
+        label_rows = ax.get_subplotspec().colspan.start == 0
+        _difference_panel(ax, study, metric, pairs, "base_vs_tuned", "tuned − base", label_rows)
     for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     tuned_archs = [_meta(study.ok(w), t, "arch") for w, t, _ in pairs]
     handles = _legend_handles(study, tuned_archs, with_workloads=False)
+    handles[:0] = _difference_handles()
+    _figure_legend(fig, handles, ncol=min(len(handles), 4))
+    return _save(fig, out_dir, stem)
+
+
+#: Headline metrics of the control figure: S_first and savings at 99% are the control check's.
+CONTROL_METRICS = ("savings_first", "oracle_savings", "savings_at_99", "net_flop_savings_at_99")
+
+
+@_styled
+def control_vs_base(study: Study, out_dir: str | Path) -> list[Path]:
+    """Each positive control (``control: true``) beside its ``base_model``: per metric, the
+    two models' own values with their bootstrap CIs (summary), and the paired difference
+    control - base with its paired document bootstrap CI (``control_vs_base_pair`` rows of
+    the statistics) and the mean over pairs (``control_vs_base``)."""
+    stem = "control_vs_base"
+    pairs = _pairs(study, selection.control_pairs)
+    if not pairs:
+        return _single_message_figure(
+            out_dir,
+            stem,
+            "no control in this study\n(no model with control: true\nbeside its base_model)",
+        )
+    metrics = CONTROL_METRICS
+    fig, axes = _figure(len(metrics), 2, 3.7, _forest_height(pairs, levels=True))
+    for (values, difference), metric in zip(axes, metrics, strict=True):
+        values.set_title(METRIC_TITLES[metric])
+        _levels_panel(values, study, metric, pairs)
+        difference.set_title("control − base (paired)")
+        _difference_panel(difference, study, metric, pairs, "control_vs_base", "control − base")
+    archs = [_meta(study.ok(w), c, "arch") for w, c, _ in pairs]
+    handles = _legend_handles(study, archs, with_workloads=False)
     handles[:0] = [
+        Line2D([], [], color="#555555", marker="o", linestyle="-", label="control (bootstrap CI)"),
+        Line2D(
+            [],
+            [],
+            color=_shade("#555555", LEVEL_BASE_SHADE),
+            marker="s",
+            linestyle="-",
+            label="its base model (bootstrap CI)",
+        ),
+        *_difference_handles(),
+    ]
+    _figure_legend(fig, handles, ncol=min(len(handles), 3))
+    return _save(fig, out_dir, stem)
+
+
+#: How much lighter a base model is drawn than its control in :func:`control_vs_base`.
+LEVEL_BASE_SHADE = 0.45
+
+
+def _pairs(
+    study: Study, pairs_of: Callable[[pd.DataFrame], list[tuple[str, str]]]
+) -> list[tuple[str, str, str]]:
+    """``(workload, first, second)`` of every pair ``pairs_of`` finds in a workload's ok rows."""
+    return [
+        (workload, first, second)
+        for workload in study.workloads
+        for first, second in pairs_of(study.ok(workload))
+    ]
+
+
+def _forest_height(pairs: Sequence[tuple[str, str, str]], levels: bool = False) -> float:
+    """Panel height of a forest plot: a row per pair (two with ``levels``) and per workload."""
+    n_pairs, n_workloads = len(pairs), len({w for w, _, _ in pairs})
+    n_rows = max(2 * n_pairs, n_pairs + n_workloads) if levels else n_pairs + n_workloads
+    return max(1.7, 0.75 + 0.22 * n_rows)
+
+
+def _difference_handles() -> list[Line2D]:
+    return [
         Line2D(
             [],
             [],
@@ -904,11 +952,95 @@ def base_vs_tuned(study: Study, out_dir: str | Path) -> list[Path]:
             label="mean difference (t-based 95% CI)",
         ),
     ]
-    _figure_legend(fig, handles, ncol=min(len(handles), 4))
-    return _save(fig, out_dir, stem)
 
 
-def _forest_point(ax, y: float, stat: Mapping[str, Any], color, marker: str) -> None:
+def _difference_panel(
+    ax,
+    study: Study,
+    metric: str,
+    pairs: Sequence[tuple[str, str, str]],
+    analysis: str,
+    difference: str,
+    label_rows: bool = True,
+) -> bool:
+    """Forest plot of the paired differences ``first - second`` of ``metric``: one row per pair
+    (the statistics' ``{analysis}_pair`` rows) and per workload their mean (``analysis``,
+    group ``all``; a note where it has no CI). Returns whether any pair had a value."""
+    labels: list[str] = []
+    drawn = False
+    multi = len(study.workloads) > 1
+    for workload in study.workloads:
+        rows = [(first, second) for w, first, second in pairs if w == workload]
+        if not rows:
+            continue
+        suffix = f" ({workload})" if multi else ""
+        for first, second in rows:
+            stat = _stat(study, f"{analysis}_pair", workload, metric, f"{first} - {second}")
+            if stat and pd.notna(stat["estimate"]):
+                color = arch_color(_meta(study.ok(workload), first, "arch"))
+                _forest_point(ax, len(labels), stat, color, "o")
+                drawn = True
+            labels.append(f"{first} − {second}{suffix}")
+        stat = _stat(study, analysis, workload, metric, "all")
+        if stat and pd.notna(stat["estimate"]):
+            _forest_point(ax, len(labels), stat, "#222222", "D")
+            if pd.isna(stat["ci_low"]):
+                ax.annotate(
+                    f"no CI (n = {stat['n']})",
+                    (stat["estimate"], len(labels)),
+                    xytext=(5, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=6,
+                    color="#555555",
+                )
+        labels.append(f"mean of {stat['n'] if stat else 0} pair(s){suffix}")
+    if not drawn:
+        _message(ax, f"no values of {metric} for the pairs")
+        return False
+    ax.axvline(0, color="#555555", linewidth=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    if not label_rows:
+        ax.tick_params(labelleft=False)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    unit = METRIC_LABELS[metric].split("\n")[-1]
+    ax.set_xlabel(f"{difference}\n{unit}")
+    ax.grid(axis="y", visible=False)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.margins(x=0.1)
+    return True
+
+
+def _levels_panel(ax, study: Study, metric: str, pairs: Sequence[tuple[str, str, str]]) -> None:
+    """Each pair's two models' own values of ``metric`` with their 95% bootstrap CIs over
+    documents (summary columns), one row per model: the first in its class colour, the
+    second lighter."""
+    labels: list[str] = []
+    multi = len(study.workloads) > 1
+    for workload, first, second in pairs:
+        rows = study.ok(workload)
+        color = arch_color(_meta(rows, first, "arch"))
+        for model, marker, shade in ((first, "o", 0.0), (second, "s", LEVEL_BASE_SHADE)):
+            row = rows[rows["model"] == model]
+            if len(row) and pd.notna(row[metric].iloc[0]):
+                point = {
+                    "estimate": row[metric].iloc[0],
+                    "ci_low": row[f"{metric}_ci_low"].iloc[0],
+                    "ci_high": row[f"{metric}_ci_high"].iloc[0],
+                }
+                _forest_point(ax, len(labels), point, _shade(color, shade), marker)
+            labels.append(f"{model}" + (f" ({workload})" if multi else ""))
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel(METRIC_LABELS[metric])
+    ax.grid(axis="y", visible=False)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.margins(x=0.1)
+
+
+def _forest_point(
+    ax, y: float, stat: Mapping[str, Any], color, marker: str, hollow: bool = False
+) -> None:
     x = stat["estimate"]
     xerr = None
     if pd.notna(stat["ci_low"]) and pd.notna(stat["ci_high"]):
@@ -923,6 +1055,7 @@ def _forest_point(ax, y: float, stat: Mapping[str, Any], color, marker: str) -> 
         capsize=2,
         elinewidth=1.0,
         markersize=5,
+        markerfacecolor="white" if hollow else color,
     )
 
 
@@ -1265,16 +1398,185 @@ def decode_realised(study: Study, out_dir: str | Path) -> list[Path]:
     return _save(fig, out_dir, stem)
 
 
+#: (column, label, colour, line style, hollow marker) of the speed-ups in :func:`speculative_k`.
+SPECULATIVE_SERIES = (
+    ("flop_speedup", "realised, FLOPs: 1 / (1 − FLOP savings)", "#0072B2", "-", False),
+    ("wall_speedup", "realised, wall clock", "#D55E00", ":", False),
+    ("predicted_flop_speedup", "predicted from the lens (α_k), FLOPs", "#555555", "--", True),
+)
+GAMMA_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _flop_speedup(savings: Any) -> float:
+    """FLOP speed-up over full decoding from the decode stage's FLOP savings: 1 / (1 - s)."""
+    if savings is None or pd.isna(savings) or savings >= 1:
+        return math.nan
+    return 1.0 / (1.0 - float(savings))
+
+
+def speculative_points(data: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per self-speculative variant of a decode JSON, sorted by gamma and k: the
+    realised FLOP speed-up ``1 / (1 - flop_savings)`` (its CI the same map of the FLOP
+    savings' CI, which is monotone), the wall-clock speed-up with its CI, and the FLOP
+    speed-up the lens predicted (``predicted.self_speculative``)."""
+    predicted = data.get("predicted", {}).get("self_speculative", {})
+    columns = ["k", "gamma"] + [
+        f"{name}{end}" for name, *_ in SPECULATIVE_SERIES for end in ("", "_ci_low", "_ci_high")
+    ]
+    rows = []
+    for name, entry in data.get("realised", {}).items():
+        if entry.get("method") != "self_speculative":
+            continue
+        guess = predicted.get(name, {})
+        row = dict.fromkeys(columns, math.nan)
+        row["k"], row["gamma"] = (
+            entry.get("k", guess.get("k")),
+            entry.get("gamma", guess.get("gamma")),
+        )
+        savings = entry.get("flop_savings") or {}
+        for end, key in (("", "estimate"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
+            row[f"flop_speedup{end}"] = _flop_speedup(savings.get(key))
+            value = (entry.get("wall_speedup") or {}).get(key)
+            row[f"wall_speedup{end}"] = math.nan if value is None else float(value)
+        value = guess.get("flop_speedup")
+        row["predicted_flop_speedup"] = math.nan if value is None else float(value)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=columns).dropna(subset=["k", "gamma"])
+    return table.astype({"k": int, "gamma": int}).sort_values(["gamma", "k"], ignore_index=True)
+
+
+@_styled
+def speculative_k(study: Study, out_dir: str | Path) -> list[Path]:
+    """Self-speculative decoding against the draft depth k, one panel per decoded model (and
+    workload): realised FLOP and wall-clock speed-ups over full decoding with their bootstrap
+    CIs over prompts, beside the FLOP speed-up predicted from the lens (open markers, dashed),
+    one series per gamma; 1 = full decoding."""
+    stem = "speculative_k"
+    order = _model_order(study.summary)
+    keys = sorted(
+        (key for key in study.decode if not speculative_points(study.decode[key]).empty),
+        key=lambda key: (
+            order.index(key[0]) if key[0] in order else len(order),
+            study.workloads.index(key[1]) if key[1] in study.workloads else 0,
+            key,
+        ),
+    )
+    if not keys:
+        return _single_message_figure(
+            out_dir, stem, "no self-speculative decoding in this study\n(decode stage)"
+        )
+    nrows, ncols = _grid(len(keys), 4)
+    fig, axes = _figure(nrows, ncols, 2.6, 2.2)
+    multi = len({w for _, w in keys}) > 1
+    gammas = sorted({g for key in keys for g in speculative_points(study.decode[key])["gamma"]})
+    low, high = 1.0, 1.0
+    for ax, key in zip(axes.flat, keys, strict=False):
+        points = speculative_points(study.decode[key])
+        num_layers = study.decode[key].get("num_layers") or int(points["k"].max()) + 1
+        for gi, gamma in enumerate(gammas):
+            part = points[points["gamma"] == gamma]
+            marker = GAMMA_MARKERS[gi % len(GAMMA_MARKERS)]
+            shade = (gi - (len(gammas) - 1) / 2) * 0.5 / max(len(gammas) - 1, 1)
+            for si, (column, _, color, style, hollow) in enumerate(SPECULATIVE_SERIES):
+                values = part[column].to_numpy(dtype=float)
+                if part.empty or np.isnan(values).all():
+                    continue
+                color = _shade(color, shade)
+                err = None
+                if f"{column}_ci_low" in part and part[f"{column}_ci_low"].notna().all():
+                    err = np.vstack(
+                        [
+                            (values - part[f"{column}_ci_low"]).clip(lower=0),
+                            (part[f"{column}_ci_high"] - values).clip(lower=0),
+                        ]
+                    )
+                    low = min(low, float(np.nanmin(part[f"{column}_ci_low"])))
+                    high = max(high, float(np.nanmax(part[f"{column}_ci_high"])))
+                low, high = min(low, float(np.nanmin(values))), max(high, float(np.nanmax(values)))
+                # the three series side by side, so their bars never hide each other
+                ax.errorbar(
+                    part["k"].to_numpy(dtype=float) + (si - 1) * 0.12,
+                    values,
+                    yerr=err,
+                    color=color,
+                    linestyle=style,
+                    marker=marker,
+                    markerfacecolor="white" if hollow else color,
+                    markeredgecolor=color,
+                    markersize=4.5,
+                    linewidth=1.1,
+                    elinewidth=0.8,
+                    capsize=0,
+                )
+        ax.axhline(1.0, color="#333333", linewidth=0.8, zorder=0)
+        ax.set_xlim(0.5, num_layers - 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{key[0]} · {key[1]}" if multi else key[0])
+        ax.set_xlabel(f"draft depth k (blocks of L = {num_layers})")
+        if ax.get_subplotspec().colspan.start == 0:
+            ax.set_ylabel("speed-up over full decoding (x)")
+    pad = 0.06 * (high - low or 1.0)
+    for ax in axes.flat[: len(keys)]:
+        ax.set_ylim(low - pad, high + pad)
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    handles: list[Any] = [
+        Line2D(
+            [],
+            [],
+            color=color,
+            linestyle=style,
+            marker="o",
+            markerfacecolor="white" if hollow else color,
+            label=label,
+        )
+        for _, label, color, style, hollow in SPECULATIVE_SERIES
+    ]
+    handles.append(Line2D([], [], color="#333333", linewidth=0.8, label="1 = full decoding"))
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color="#555555",
+            marker="|",
+            markersize=9,
+            linestyle="",
+            label="95% bootstrap CI over prompts",
+        )
+    )
+    if len(gammas) > 1:
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="#555555",
+                marker=GAMMA_MARKERS[gi % len(GAMMA_MARKERS)],
+                linestyle="",
+                label=f"γ = {gamma} drafted tokens",
+            )
+            for gi, gamma in enumerate(gammas)
+        ]
+    notes = [] if multi else [f"workload {keys[0][1]}"]
+    if len(gammas) == 1:
+        notes.append(f"γ = {gammas[0]} drafted tokens per verification pass")
+    if notes:
+        fig.suptitle(" · ".join(notes), fontsize=8)
+    _figure_legend(fig, handles, ncol=min(len(handles), 3))
+    return _save(fig, out_dir, stem)
+
+
 FIGURES: dict[str, Callable[[Study, str | Path], list[Path]]] = {
     "agreement_curves": agreement_curves,
     "release_trend": release_trend,
     "arch_comparison": arch_comparison,
     "params_trend": params_trend,
     "base_vs_tuned": base_vs_tuned,
+    "control_vs_base": control_vs_base,
     "checkpoints": checkpoints,
     "saturation_hist": saturation_hist,
     "tradeoff": tradeoff,
     "decode_realised": decode_realised,
+    "speculative_k": speculative_k,
 }
 
 
@@ -1297,10 +1599,11 @@ def figures_from_files(
     statistics_path: str | Path,
     out_dir: str | Path,
     stems: Sequence[str] | None = None,
+    decode_paths: Iterable[str | Path] = (),
 ) -> list[Path]:
     """File-to-file entry point of the figures rule."""
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
-    study = load_study(summary_path, statistics_path, curves_paths, headline_paths)
+    study = load_study(summary_path, statistics_path, curves_paths, headline_paths, decode_paths)
     return render_all(study, out_dir, stems)
 
 
@@ -1377,3 +1680,244 @@ def lens_comparison_from_files(
         for lens, paths in curves_paths.items()
     }
     return lens_comparison(summaries, curves, out_dir)
+
+
+# ---------------------------------------------------------------- the claims under each lens
+
+#: (analysis, panel title) of :func:`lens_trends`, top to bottom. Trends take group ``all``;
+#: class differences and checkpoint runs every group; the pair analyses each pair
+#: (``<analysis>_pair``) and their mean once a study has two pairs.
+LENS_TREND_ANALYSES: tuple[tuple[str, str], ...] = (
+    ("release_trend", "Release trend"),
+    ("release_trend_controlled", "Release trend, size-controlled"),
+    ("params_trend", "Active-params trend"),
+    ("total_params_trend", "Total-params trend"),
+    ("class_difference", "Class differences"),
+    ("checkpoint_trend", "Training-step trend"),
+    ("base_vs_tuned", "Tuned − base"),
+    ("control_vs_base", "Control − base"),
+)
+PAIR_ANALYSES = ("base_vs_tuned", "control_vs_base")
+#: Short metric names of the claim rows (the statistics table's metric in brackets elsewhere).
+CLAIM_METRIC_NAMES: dict[str, str] = {
+    "savings_first": "S_first",
+    "oracle_savings": "S_settled",
+    "savings_at_99": "savings at 99%",
+    "consistency_savings_auc": "C-S AUC",
+    "net_flop_savings_at_99": "net FLOP at 99%",
+}
+#: lens -> (colour, marker, hollow) in :func:`lens_trends`.
+LENS_STYLES: dict[str, tuple[str, str, bool]] = {
+    "logit": ("#222222", "o", False),
+    "tuned": ("#D55E00", "s", True),
+}
+DISAGREE_COLOR = "#A0301E"
+
+
+def _claim_rows(stats: pd.DataFrame, analysis: str, metrics: Sequence[str]) -> pd.DataFrame:
+    """The statistics rows of ``analysis`` that :func:`lens_trends` draws."""
+    rows = stats[stats["metric"].isin(metrics)]
+    if analysis in PAIR_ANALYSES:
+        pairs = rows[rows["analysis"] == f"{analysis}_pair"]
+        means = rows[(rows["analysis"] == analysis) & (rows["group"] == "all")]
+        return pd.concat([pairs, means[pd.to_numeric(means["n"]) >= 2]])
+    rows = rows[rows["analysis"] == analysis]
+    if analysis in ("class_difference", "checkpoint_trend"):
+        return rows
+    return rows[rows["group"] == "all"]
+
+
+def lens_claims(
+    statistics: Mapping[str, pd.DataFrame], analysis: str, metrics: Sequence[str] = FIGURE_METRICS
+) -> list[tuple[tuple[str, str, str], dict[str, dict[str, Any] | None]]]:
+    """``((metric, workload, group), {lens: statistics row or None})`` of every claim of
+    ``analysis`` that some lens reports, in metric, workload and group order."""
+    by_lens = {
+        lens: _claim_rows(stats, analysis, metrics).set_index(["metric", "workload", "group"])
+        for lens, stats in statistics.items()
+    }
+    workloads = list(
+        dict.fromkeys(w for stats in statistics.values() for w in stats["workload"].dropna())
+    )
+    keys = {key for rows in by_lens.values() for key in rows.index}
+    ordered = sorted(
+        keys,
+        key=lambda k: (metrics.index(k[0]), workloads.index(k[1]), k[2] != "all", k[2]),
+    )
+    return [
+        (
+            key,
+            {
+                lens: rows.loc[[key]].iloc[0].to_dict() if key in rows.index else None
+                for lens, rows in by_lens.items()
+            },
+        )
+        for key in ordered
+    ]
+
+
+def _excludes_zero(row: Mapping[str, Any] | None) -> int:
+    """+1 / -1 where a row's CI lies above / below zero, 0 where it covers zero or is missing."""
+    if row is None or pd.isna(row.get("ci_low")) or pd.isna(row.get("ci_high")):
+        return 0
+    return 1 if row["ci_low"] > 0 else -1 if row["ci_high"] < 0 else 0
+
+
+def _claim_note(row: Mapping[str, Any] | None) -> str | None:
+    """What a claim row without a CI says instead (``n too small`` where the table does)."""
+    if row is None:
+        return "not reported"
+    if pd.notna(row.get("ci_low")):
+        return None
+    note = str(row.get("note") or "")
+    n = row.get("n")
+    if note.startswith(aggregate.TOO_SMALL) or pd.isna(row.get("estimate")):
+        return f"{aggregate.TOO_SMALL} (n = {n})"
+    return f"no CI (n = {n})"
+
+
+def lens_trends(statistics: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """The study's claims (``results/statistics.json`` and ``statistics-tuned.json``) under the
+    logit and the tuned lens side by side: one panel per analysis, one row per claim (metric,
+    workload, group), each lens's estimate with its CI as the table has it; a row label in
+    red where one lens's CI excludes zero and the other's does not (or excludes it on the
+    other side), a note where a lens has no CI."""
+    with plt.rc_context(RC_PARAMS):
+        return _lens_trends(statistics, out_dir)
+
+
+def _lens_trends(statistics: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    stem = "lens_trends"
+    lenses = [lens for lens in LENS_STYLES if lens in statistics]
+    shown = {lens: statistics[lens] for lens in lenses}
+    panels = [
+        (title, claims)
+        for analysis, title in LENS_TREND_ANALYSES
+        if (claims := lens_claims(shown, analysis))
+    ]
+    if not panels:
+        return _single_message_figure(out_dir, stem, "no trend or difference claims\nin this study")
+    workloads = list(
+        dict.fromkeys(w for stats in shown.values() for w in stats["workload"].dropna())
+    )
+    # rows: analyses; columns: workloads
+    cells = [
+        [[(key, rows) for key, rows in claims if key[1] == w] for w in workloads]
+        for _, claims in panels
+    ]
+    heights = [0.8 + 0.2 * max(len(cell) for cell in row) for row in cells]
+    fig, axes = plt.subplots(
+        len(panels),
+        len(workloads),
+        figsize=(5.0 * len(workloads), sum(heights)),
+        squeeze=False,
+        layout="constrained",
+        height_ratios=heights,
+    )
+    for (title, _), row_cells, ax_row in zip(panels, cells, axes, strict=True):
+        for workload, cell, ax in zip(workloads, row_cells, ax_row, strict=True):
+            ax.set_title(f"{title} · {workload}" if len(workloads) > 1 else title)
+            if not cell:
+                _message(ax, f"not reported for {workload}")
+                continue
+            _lens_claims_panel(ax, cell, lenses)
+    handles: list[Any] = []
+    for lens in lenses:
+        color, marker, hollow = LENS_STYLES[lens]
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=color,
+                marker=marker,
+                markerfacecolor="white" if hollow else color,
+                label=f"{lens} lens (95% CI as in its statistics table)",
+            )
+        )
+    handles.append(
+        matplotlib.patches.Patch(
+            facecolor=DISAGREE_COLOR,
+            label="red: one lens's CI excludes 0, the other's does not",
+        )
+    )
+    _figure_legend(fig, handles, ncol=1 if len(workloads) == 1 else 2)
+    return _save(fig, out_dir, stem)
+
+
+def _lens_claims_panel(
+    ax,
+    cell: Sequence[tuple[tuple[str, str, str], Mapping[str, Mapping[str, Any] | None]]],
+    lenses: Sequence[str],
+) -> None:
+    """One analysis on one workload: per claim a row, the lenses' estimates a little apart."""
+    labels, disagree, units, noted = [], [], set(), False
+    groups = {group for (_, _, group), _ in cell}
+    # one group in the whole panel (a single pair or run): named once, under the axis
+    shared = groups.pop() if len(groups) == 1 else None
+    for y, ((metric, _, group), rows) in enumerate(cell):
+        label = CLAIM_METRIC_NAMES.get(metric, metric)
+        if group != "all" and shared is None:
+            label += f" · {group.replace(' - ', ' − ')}"
+        labels.append(label)
+        disagree.append(len({_excludes_zero(rows[lens]) for lens in lenses}) > 1)
+        notes: dict[str, list[str]] = {}
+        drawn = []
+        for li, lens in enumerate(lenses):
+            row = rows[lens]
+            color, marker, hollow = LENS_STYLES[lens]
+            if row is not None:
+                units.add(row["unit"])
+            if row is not None and pd.notna(row["estimate"]):
+                offset = (li - (len(lenses) - 1) / 2) * 0.36
+                _forest_point(ax, y + offset, row, color, marker, hollow)
+                drawn.append(row["ci_high"] if pd.notna(row["ci_high"]) else row["estimate"])
+            note = _claim_note(row)
+            if note:
+                notes.setdefault(note, []).append(lens)
+        if notes:
+            noted = True
+            text = "; ".join(
+                note if len(names) == len(lenses) else f"{'/'.join(names)}: {note}"
+                for note, names in notes.items()
+            )
+            ax.annotate(
+                text,
+                (max(drawn) if drawn else 0.0, y),
+                xytext=(5, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=5.5,
+                color="#555555",
+            )
+    ax.axvline(0, color="#555555", linewidth=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    for tick, flag in zip(ax.get_yticklabels(), disagree, strict=True):
+        if flag:
+            tick.set_color(DISAGREE_COLOR)
+            tick.set_fontweight("bold")
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    unit = " / ".join(sorted(u for u in units if isinstance(u, str)))
+    xlabel = "difference (in the metric's unit)" if unit == "metric" else f"slope {unit}"
+    if shared not in (None, "all"):
+        xlabel = f"{shared.replace(' - ', ' − ')}: {xlabel.split(' (')[0]}"
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="y", visible=False)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.margins(x=0.1)
+    if noted:  # room right of the points for the notes
+        low, high = ax.get_xlim()
+        ax.set_xlim(low, high + 0.35 * (high - low))
+
+
+def lens_trends_from_files(
+    statistics_paths: Mapping[str, str | Path], out_dir: str | Path
+) -> list[Path]:
+    """File-to-file entry point: ``{lens: results/statistics[-tuned].json}`` -> lens_trends."""
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
+    statistics = {
+        lens: pd.DataFrame(
+            json.loads(Path(path).read_text())["rows"], columns=list(aggregate.STATISTICS_COLUMNS)
+        )
+        for lens, path in statistics_paths.items()
+    }
+    return lens_trends(statistics, out_dir)

@@ -38,9 +38,11 @@ FIGURES = [
     "params_trend",
     "base_vs_tuned",
     "checkpoints",
+    "control_vs_base",
     "saturation_hist",
     "tradeoff",
     "decode_realised",
+    "speculative_k",
 ]
 LOAD_KEYS = ("path", "hf_id", "revision", "dtype")
 

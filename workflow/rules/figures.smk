@@ -11,6 +11,8 @@ rule figures:
         statistics="results/statistics.json",
         curves=[f"results/scores/{m}/{w}.parquet" for m, w in PAIRS],
         headlines=[f"results/scores/{m}/{w}.json" for m, w in PAIRS],
+        # realised decoding: speculative_k draws each variant (the summary keeps only the best)
+        decode=[f"results/decode/{m}/{w}.json" for m, w in decode_pairs()],
     output:
         pdfs=expand("figures/{figure}.pdf", figure=FIGURES),
         agreement_curves=report(
@@ -48,6 +50,11 @@ rule figures:
             caption="../report/base_vs_tuned.rst",
             category="4. Comparisons",
         ),
+        control_vs_base=report(
+            "figures/control_vs_base.png",
+            caption="../report/control_vs_base.rst",
+            category="4. Comparisons",
+        ),
         checkpoints=report(
             "figures/checkpoints.png",
             caption="../report/checkpoints.rst",
@@ -56,6 +63,11 @@ rule figures:
         decode_realised=report(
             "figures/decode_realised.png",
             caption="../report/decode_realised.rst",
+            category="6. Realised decoding",
+        ),
+        speculative_k=report(
+            "figures/speculative_k.png",
+            caption="../report/speculative_k.rst",
             category="6. Realised decoding",
         ),
     log:
@@ -77,12 +89,20 @@ rule figures_lenses:
         summary_tuned="results/summary-tuned.parquet",
         curves=[f"results/scores/{m}/{w}.parquet" for m, w in PAIRS],
         curves_tuned=[f"results/scores-tuned/{m}/{w}.parquet" for m, w in PAIRS],
+        statistics="results/statistics.json",
+        statistics_tuned="results/statistics-tuned.json",
     output:
         pdf="figures/lens_comparison.pdf",
         png=report(
             "figures/lens_comparison.png",
             caption="../report/lens_comparison.rst",
             category="1. Layer curves",
+        ),
+        trends_pdf="figures/lens_trends.pdf",
+        lens_trends=report(
+            "figures/lens_trends.png",
+            caption="../report/lens_trends.rst",
+            category="3. Trends",
         ),
     log:
         "results/logs/figures/lens_comparison.log",

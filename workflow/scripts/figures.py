@@ -12,4 +12,5 @@ plots.figures_from_files(
     snakemake.input.statistics,
     out_dir=Path(snakemake.output.pdfs[0]).parent,
     stems=snakemake.params.figures,
+    decode_paths=snakemake.input.decode,
 )
