@@ -7,7 +7,13 @@ writes them as Parquet shards through ``exitbench.tables``, then times
 (a) reading only the columns the score stage needs (``shards.LENS_COLUMNS``), and
 (b) the full scoring (read, pivot, curves, policies, bootstrap),
 
-and prints rows/s of both and their ratio (goal: (b) within 3x of (a)).
+and prints rows/s of both and their ratio (goal: (b) within 3x of (a)), medians of
+``--repeats`` alternating repeats.
+
+BLAS runs on one thread, as in the pipeline: the score rule is a one-thread job, and
+Snakemake sets ``OPENBLAS_NUM_THREADS`` (and OMP/MKL/...) to a job's threads. With the
+default (one BLAS thread per core) the bootstrap's small matrix products spin threads
+for nothing on a busy machine. Set ``OPENBLAS_NUM_THREADS`` yourself to override.
 
     .venv/bin/python benchmarks/score_bench.py            # 400k tokens x 25 layers
     .venv/bin/python benchmarks/score_bench.py --tokens 40000   # quick
@@ -17,15 +23,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
+# the score job's environment (threads: 1), set before numpy loads its BLAS
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-from exitbench import score, shards, tables
-from exitbench.config import section_defaults
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from exitbench import score, shards, tables  # noqa: E402
+from exitbench.config import section_defaults  # noqa: E402
 
 log = logging.getLogger("score_bench")
 
@@ -145,7 +157,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24, help="L (layer 0 is added)")
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -166,7 +178,13 @@ def main() -> None:
             score_times.append(
                 _timed(lambda: score.score_lens(paths, tokens_path, model_info, params, seed=0))
             )
-        (read_s, read_cpu), (score_s, score_cpu) = min(read_times), min(score_times)
+        read_s, read_cpu = (statistics.median(t) for t in zip(*read_times, strict=True))
+        score_s, score_cpu = (statistics.median(t) for t in zip(*score_times, strict=True))
+        log.info(
+            "medians of %d repeats, OPENBLAS_NUM_THREADS=%s",
+            args.repeats,
+            os.environ["OPENBLAS_NUM_THREADS"],
+        )
         log.info(
             "(a) read needed columns: %.2f s wall, %.2f s CPU  (%.2fM rows/s)",
             read_s,

@@ -95,9 +95,13 @@ def test_threshold_sweep_matches_brute_force():
 
 
 @pytest.mark.parametrize(
-    "kind", ["beta", "negative", "spikes", "zeros", "discrete", "cauchy", "crowded"]
+    "kind",
+    ["beta", "negative", "spikes", "zeros", "discrete", "cauchy", "crowded", "few_crowded"],
 )
 def test_threshold_rank_equals_searchsorted(kind):
+    """Values in a bucket with a threshold inside are compared in place when they are few
+    (beta, few_crowded) and everywhere when they are many (discrete, crowded); crowded
+    buckets (several thresholds) take a binary search either way."""
     rng = np.random.default_rng(7)
     v = rng.beta(5, 1, (4, 40_000)).astype(np.float32)  # >= 2**16 values: lookup path
     extra: list[float] = []
@@ -118,6 +122,10 @@ def test_threshold_rank_equals_searchsorted(kind):
         v = rng.standard_cauchy(v.shape).astype(np.float32)
     elif kind == "crowded":  # several thresholds inside one lookup bucket
         v = (0.99 - rng.integers(0, 5, v.shape) * 1e-7).astype(np.float32)
+        extra = [0.98999995, 0.9899999]
+    elif kind == "few_crowded":  # 1% of the values in crowded buckets: the sparse path
+        crowded = rng.random(v.shape) < 0.01
+        v[crowded] = (0.99 - rng.integers(0, 5, crowded.sum()) * 1e-7).astype(np.float32)
         extra = [0.98999995, 0.9899999]
     thresholds = metrics.sweep_thresholds(v, 101)
     thresholds = np.unique(np.concatenate([thresholds, np.float32(extra)]))

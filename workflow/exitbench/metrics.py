@@ -236,10 +236,12 @@ def threshold_rank(thresholds: np.ndarray, values: np.ndarray) -> np.ndarray:
     contiguous interval of floats, relative width 2**-13). A lookup table
     holds, per bucket, the number of thresholds at or below the bucket's
     lowest float and the index of a threshold strictly inside it (if any), so
-    ``c = below[b] + (v >= inside[b])``. Buckets with several thresholds
-    inside (:func:`sweep_thresholds` never makes them) fall back to a binary
-    search. A threshold of 0 is stored as -0.0 so that -0.0 and +0.0 values
-    both count it. Returns uint16.
+    ``c = below[b] + (v >= inside[b])``; the comparison is made only for the
+    values in such buckets when they are few (under 1/8 of a strided sample),
+    else for all. Buckets with several thresholds inside
+    (:func:`sweep_thresholds` never makes them) fall back to a binary search.
+    A threshold of 0 is stored as -0.0 so that -0.0 and +0.0 values both
+    count it. Returns uint16.
     """
     tau = np.asarray(thresholds, dtype=np.float32)
     v = np.ascontiguousarray(values, dtype=np.float32)
@@ -259,15 +261,29 @@ def threshold_rank(thresholds: np.ndarray, values: np.ndarray) -> np.ndarray:
     table[buckets] |= (marker << 8).astype(np.uint16)
     # index by bit pattern (bits >> shift) + half: negative floats' buckets run backwards
     table = np.concatenate([table[:half][::-1], table[half:]])
-    packed = table[(v.view(np.int32) >> _RANK_SHIFT) + np.int32(half)]
-    rank = packed & np.uint16(0xFF)
-    packed >>= 8
+    index = v.view(np.int32) >> _RANK_SHIFT
+    index += np.int32(half)
+    rank = table[index]
+    del index
+    # only values in a bucket with a threshold inside (high byte set) need a comparison:
+    # compared where they are when they are few, else everywhere
+    flat, values = rank.reshape(-1), v.reshape(-1)
     candidates = np.concatenate([[np.nan], tau, np.full(255 - tau.size, np.nan)])  # v >= NaN: False
-    rank += v >= candidates.astype(np.float32)[packed]
-    if (n_inside > 1).any():
-        flat = rank.reshape(-1)
-        at = np.flatnonzero(packed.reshape(-1) == 255)
-        flat[at] = np.searchsorted(tau, v.reshape(-1)[at], side="right")
+    candidates = candidates.astype(np.float32)
+    sample = flat[:: max(1, flat.size >> 14)]  # the share of such values, estimated
+    if np.count_nonzero(sample > np.uint16(0xFF)) > sample.size // 8:
+        marker = flat >> np.uint16(8)
+        flat &= np.uint16(0xFF)
+        flat += values >= candidates[marker]
+        several = np.flatnonzero(marker == 255) if (n_inside > 1).any() else None
+    else:
+        at = np.flatnonzero(flat > np.uint16(0xFF))
+        packed = flat[at]
+        marker = packed >> np.uint16(8)
+        flat[at] = (packed & np.uint16(0xFF)) + (values[at] >= candidates[marker])
+        several = at[marker == 255]
+    if several is not None and several.size:  # several thresholds in one bucket
+        flat[several] = np.searchsorted(tau, values[several], side="right")
     return rank
 
 
@@ -354,7 +370,8 @@ def threshold_sweep(
     k = tau.size
     width = k + 1
     rank = threshold_rank(tau, _no_nan(np.asarray(measure)[:-1]))
-    np.maximum.accumulate(rank, axis=0, out=rank)  # rank of the prefix max
+    for row in range(1, rank.shape[0]):  # rank of the prefix max (a row at a time: contiguous,
+        np.maximum(rank[row], rank[row - 1], out=rank[row])  # 10x faster than axis-0 accumulate)
     index = (rank + (unit * width)[None, :]).ravel()
     del rank
     size = n_units * width
@@ -488,6 +505,9 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray,
     if samples.shape[0] == 0:
         nan = np.full(samples.shape[1:], np.nan)
         return nan, nan
+    if not np.isnan(samples).any():  # the same numbers, vectorised (nanpercentile loops)
+        low, high = np.percentile(samples, [alpha, 100 - alpha], axis=0)
+        return low, high
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
         low, high = np.nanpercentile(samples, [alpha, 100 - alpha], axis=0)

@@ -195,6 +195,9 @@ class Documents:
 
     def per_layer_sums(self, values: np.ndarray) -> np.ndarray:
         """``[layers, T]`` -> ``[documents, layers]`` float64 sums."""
+        if values.dtype == bool:  # exact integer counts, 2x faster than float64 adds
+            counts = np.add.reduceat(values.view(np.uint8), self.starts, axis=1, dtype=np.int64)
+            return counts.astype(np.float64).T
         return np.add.reduceat(values, self.starts, axis=1, dtype=np.float64).T
 
     def sums(self, values: np.ndarray) -> np.ndarray:
@@ -692,7 +695,8 @@ def document_sums(
     the headline measure at its calibration-chosen threshold.
 
     ``curves["consistency_savings_auc"]`` (the AUC is no ratio of sums): the held-out
-    documents' sums of the headline AUC measure's sweep, per document d and threshold k,
+    documents' sums of the headline AUC measure's sweep (integer counts), per document d
+    and threshold k,
     ``savings_numerator[d][k] = n_d L - sum e_k`` over ``savings_denominator[d] = n_d L``
     and ``consistency_numerator[d][k] = sum 1[yhat_{e_k} = yhat]`` over
     ``consistency_denominator[d] = n_d``: summed over any multiset of documents they give
@@ -736,14 +740,19 @@ def _curve_sums(policies: ExitPolicies, best_measure: Mapping[str, str]) -> dict
     if curve is None:
         return {}
     (s_num, s_den), (c_num, c_den) = curve["savings"], curve["consistency"]
+
+    def counts(values: np.ndarray) -> list:
+        """Token and layer counts, exact in float64, written as integers (compact)."""
+        return np.rint(np.asarray(values, np.float64)).astype(np.int64).tolist()
+
     return {
         "consistency_savings_auc": {
             "split": "heldout",
             "measure": best_measure["auc"],
-            "savings_numerator": np.asarray(s_num, np.float64).tolist(),
-            "savings_denominator": np.asarray(s_den, np.float64).tolist(),
-            "consistency_numerator": np.asarray(c_num, np.float64).tolist(),
-            "consistency_denominator": np.asarray(c_den, np.float64).tolist(),
+            "savings_numerator": counts(s_num),
+            "savings_denominator": counts(s_den),
+            "consistency_numerator": counts(c_num),
+            "consistency_denominator": counts(c_den),
         }
     }
 
