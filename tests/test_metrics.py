@@ -270,3 +270,19 @@ def test_consistency_lower_bound_and_bound_calibration():
     assert metrics.choose_threshold(savings, consistency, 0.9) == 1  # point: on the boundary
     lower = np.array([1.0, 0.85, 1.0])
     assert metrics.choose_threshold(savings, consistency, 0.9, lower) == 0  # bound: safer
+
+
+def test_percentile_ci_without_nan_equals_nanpercentile():
+    """The vectorised path (no NaN) gives nanpercentile's numbers bit for bit; NaN columns
+    still take nanpercentile (all-NaN -> NaN)."""
+    rng = np.random.default_rng(3)
+    samples = rng.normal(size=(1000, 7))
+    low, high = metrics.percentile_ci(samples)
+    alpha = (1 - 0.95) / 2 * 100  # as percentile_ci computes it (2.4999999999999996)
+    expected = np.nanpercentile(samples, [alpha, 100 - alpha], axis=0)
+    assert np.array_equal(low, expected[0]) and np.array_equal(high, expected[1])
+    samples[:, 2] = np.nan
+    samples[:10, 3] = np.nan
+    low, high = metrics.percentile_ci(samples)
+    assert np.isnan(low[2]) and np.isnan(high[2])
+    assert low[3] == np.percentile(samples[10:, 3], alpha)

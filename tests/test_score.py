@@ -399,6 +399,11 @@ def test_document_split_groups_tokens_and_draws_weights():
     assert docs.weights.shape == (7, 2) and (docs.weights.sum(axis=1) == 2).all()
     assert docs.heldout_weights.shape == (7, 1) and (docs.heldout_weights == 1).all()
     assert docs.per_layer_sums(arrays.top1 == 7)[:, 4].tolist() == [3, 3]
+    # booleans are summed as integers: the same float64 sums as adding them as floats
+    agree = arrays.top1 == arrays.top1[-1]
+    sums = docs.per_layer_sums(agree)
+    assert sums.dtype == np.float64
+    np.testing.assert_array_equal(sums, docs.per_layer_sums(agree.astype(np.float64)))
     arrays.doc = np.array([0, 1, 0, 1, 0, 1])
     with pytest.raises(score.ScoreError, match="grouped by document"):
         score.document_split(arrays, 0.5, bootstrap=7, seed=0)
