@@ -401,6 +401,21 @@ def test_decode_files_writes_both_outputs_from_heldout_prompts(
     assert summary["realised"]["full"]["block_savings"]["estimate"] == 0
     predicted = summary["predicted"]["self_speculative"]["self_speculative/k=2/gamma=2"]
     assert predicted["tokens_per_pass"] == pytest.approx((1 - 0.7**3) / (1 - 0.7))
+    # realised and predicted speed-ups under one cost model: a pass costs c_L, a draft c_k
+    layer, head = summary["flops"]["per_layer"], summary["flops"]["head"]
+    c_k, c_full = sum(layer[:2]) + head, sum(layer) + head
+    assert (
+        predicted["pass_cost_speedup"]
+        == predicted["flop_speedup"]
+        == pytest.approx(predicted["tokens_per_pass"] * c_full / (2 * c_k + c_full))
+    )
+    spec = [r for r in rows if r["variant"] == "self_speculative/k=2/gamma=2"]
+    spent = sum(r["drafted_tokens"] * c_k + r["verification_passes"] * c_full for r in spec)
+    realised_speedup = summary["realised"]["self_speculative/k=2/gamma=2"]["pass_cost_speedup"]
+    assert realised_speedup["estimate"] == pytest.approx(
+        sum(r["n_new_tokens"] for r in spec) * c_full / spent
+    )
+    assert realised_speedup["ci_low"] <= realised_speedup["estimate"] <= realised_speedup["ci_high"]
     # the study summary's decode_* columns come from this JSON
     columns = decode.summary_columns(out_json)
     realised = summary["realised"]

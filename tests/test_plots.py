@@ -66,9 +66,11 @@ def write_fake_decode(
                     "method": "self_speculative", "k": k, "gamma": gamma,
                     "flop_savings": ci(-0.6 + 0.1 * k - 0.05 * gamma),
                     "wall_speedup": ci(0.8 + 0.1 * k), "acceptance_rate": ci(0.6),
+                    "pass_cost_speedup": ci(0.9 + 0.05 * k - 0.01 * gamma),
                 }  # fmt: skip
                 predicted["self_speculative"][name] = {
-                    "k": k, "gamma": gamma, "alpha": 0.5, "flop_speedup": 1.0 + 0.1 * k
+                    "k": k, "gamma": gamma, "alpha": 0.5, "flop_speedup": 1.0 + 0.1 * k,
+                    "pass_cost_speedup": 1.0 + 0.1 * k,
                 }  # fmt: skip
         path = results / "decode" / model / f"{workload}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -527,22 +529,28 @@ def series(ax) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, list | Non
 
 
 def test_speculative_k_draws_each_variant_beside_its_prediction(drawn):
-    """Per gamma (marker), x = k; realised FLOP speed-up 1 / (1 - flop_savings) with the same
-    map of its CI (solid), wall-clock speed-up with its CI (dotted), the decode JSON's
-    predicted FLOP speed-up (dashed, no CI); a line at 1."""
+    """Per gamma (marker), x = k; realised pass-cost speed-up with its CI (solid) beside the
+    decode JSON's predicted one (dashed, no CI), realised FLOP speed-up 1 / (1 - flop_savings)
+    with the same map of its CI (dash-dot), wall-clock speed-up with its CI (dotted); a line
+    at 1."""
     root, _, _, figures = drawn
     fig = figures["speculative_k"]
     data = json.loads((root / "results" / "decode" / "llama-7b" / "docs.json").read_text())
     ax = panel(fig, "llama-7b")
     drawn_series = series(ax)
     assert set(drawn_series) == {
-        (style, marker) for style in ("-", ":", "--") for marker in ("o", "s")
+        (style, marker) for style in ("-", "--", "-.", ":") for marker in ("o", "s")
     }
     for gamma, marker in ((2, "o"), (4, "s")):
         names = [f"self_speculative/k={k}/gamma={gamma}" for k in (1, 2, 3)]
         savings = [data["realised"][n]["flop_savings"] for n in names]
         x, y, bars = drawn_series[("-", marker)]
-        np.testing.assert_allclose(x, [1 - 0.12, 2 - 0.12, 3 - 0.12])
+        np.testing.assert_allclose(x, [1 - 0.15, 2 - 0.15, 3 - 0.15])
+        passes = [data["realised"][n]["pass_cost_speedup"] for n in names]
+        np.testing.assert_allclose(y, [c["estimate"] for c in passes])
+        np.testing.assert_allclose(bars, [(c["ci_low"], c["ci_high"]) for c in passes])
+        x, y, bars = drawn_series[("-.", marker)]
+        np.testing.assert_allclose(x, [1 + 0.05, 2 + 0.05, 3 + 0.05])
         np.testing.assert_allclose(y, [1 / (1 - s["estimate"]) for s in savings], rtol=1e-12)
         expected = [(1 / (1 - s["ci_low"]), 1 / (1 - s["ci_high"])) for s in savings]
         np.testing.assert_allclose(bars, expected, rtol=1e-12)
@@ -552,7 +560,7 @@ def test_speculative_k_draws_each_variant_beside_its_prediction(drawn):
         np.testing.assert_allclose(bars, [(w["ci_low"], w["ci_high"]) for w in wall])
         _, y, bars = drawn_series[("--", marker)]
         predicted = data["predicted"]["self_speculative"]
-        np.testing.assert_allclose(y, [predicted[n]["flop_speedup"] for n in names])
+        np.testing.assert_allclose(y, [predicted[n]["pass_cost_speedup"] for n in names])
         assert bars is None
     assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.lines)
     assert ax.get_xlim() == (0.5, 5.5)  # k runs over 1..L-1, L = 6
@@ -576,7 +584,7 @@ def test_speculative_points_handle_one_k_and_missing_cis():
     assert (row["k"], row["gamma"]) == (3, 2)
     assert row["flop_speedup"] == 2.0 and np.isnan(row["flop_speedup_ci_low"])
     assert row["wall_speedup"] == 1.5 and np.isnan(row["wall_speedup_ci_high"])
-    assert np.isnan(row["predicted_flop_speedup"])
+    assert np.isnan(row["predicted_pass_cost_speedup"]) and np.isnan(row["pass_cost_speedup"])
     study = plots.Study(
         aggregate._typed(
             pd.DataFrame({"model": ["m"], "workload": ["w"], "status": ["ok"], "arch": ["dense"]})
@@ -589,7 +597,8 @@ def test_speculative_points_handle_one_k_and_missing_cis():
         figures = render_keeping_figures(plots.speculative_k, study, out)
     ax = panel(figures["speculative_k"], "m")
     drawn_series = series(ax)
-    assert drawn_series[("-", "o")][1].tolist() == [2.0] and drawn_series[("-", "o")][2] is None
+    assert drawn_series[("-.", "o")][1].tolist() == [2.0] and drawn_series[("-.", "o")][2] is None
+    assert ("-", "o") not in drawn_series  # an older JSON without pass_cost_speedup
     assert ("--", "o") not in drawn_series  # no prediction: nothing drawn, no failure
 
 

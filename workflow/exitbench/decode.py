@@ -893,21 +893,51 @@ def decode_prompts(
 
 def speculative_prediction(alpha: float, gamma: int, k: int, costs: Costs) -> dict[str, float]:
     """Leviathan et al.'s expected tokens per verification pass ``(1 - a^(g+1)) / (1 - a)``
-    and the FLOP speed-up ``tokens_per_pass * c_L / (g c_k + c_L)``, with ``c_k`` the
-    k-block draft incl. head and ``c_L`` the full model."""
+    and the speed-up ``tokens_per_pass * c_L / (g c_k + c_L)``, with ``c_k`` the k-block
+    draft incl. head and ``c_L`` the full model for one token.
+
+    That speed-up prices a verification pass of g + 1 positions at c_L, one token's cost: the
+    memory-bound regime speculative decoding is built for, not a FLOP count (in FLOPs a
+    pass costs (g + 1) c_L and self-speculative decoding never saves). It is
+    ``pass_cost_speedup``; ``flop_speedup`` is the same number under its first name. The
+    realised counterpart is :func:`pass_cost_speedup` of the counted passes and drafts."""
     alpha = float(alpha)
     tokens = gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-    c_k = sum(costs.layer[:k]) + costs.head
-    c_full = sum(costs.layer) + costs.head
+    c_k, c_full = draft_and_pass_costs(k, costs)
+    speedup = tokens * c_full / (gamma * c_k + c_full)
     return {
         "alpha": alpha,
         "tokens_per_pass": tokens,
-        "flop_speedup": tokens * c_full / (gamma * c_k + c_full),
+        "flop_speedup": speedup,
+        "pass_cost_speedup": speedup,
     }
 
 
+def draft_and_pass_costs(k: int, costs: Costs) -> tuple[float, float]:
+    """(c_k, c_L): FLOPs of one drafted token (blocks 1..k and the head) and of the full
+    model for one token, the prices of the speculative cost model."""
+    return sum(costs.layer[:k]) + costs.head, sum(costs.layer) + costs.head
+
+
+def pass_cost_speedup(
+    tokens: Sequence[float],
+    drafted: Sequence[float],
+    passes: Sequence[float],
+    k: int,
+    costs: Costs,
+    weights: np.ndarray,
+) -> dict[str, float]:
+    """The realised speed-up under the prediction's cost model, per prompt sums:
+    ``Σ n c_L / Σ (drafted c_k + passes c_L)``, with its bootstrap CI over prompts."""
+    from .score import _ci
+
+    c_k, c_full = draft_and_pass_costs(k, costs)
+    spent = np.asarray(drafted, float) * c_k + np.asarray(passes, float) * c_full
+    return _ci(*metrics.bootstrap_ratio(np.asarray(tokens, float) * c_full, spent, weights))
+
+
 def _headline(
-    rows: Sequence[Mapping[str, Any]], num_layers: int, weights: np.ndarray
+    rows: Sequence[Mapping[str, Any]], num_layers: int, weights: np.ndarray, costs: Costs
 ) -> dict[str, Any]:
     """Per-variant numbers, each a ratio of per-prompt sums with its bootstrap CI over prompts."""
     from .score import _ci
@@ -950,6 +980,14 @@ def _headline(
             )
             entry["tokens_per_pass"] = ratio(n, [r["verification_passes"] for r in group])
             entry["k"], entry["gamma"] = group[0]["k"], group[0]["gamma"]
+            entry["pass_cost_speedup"] = pass_cost_speedup(
+                n,
+                [r["drafted_tokens"] for r in group],
+                [r["verification_passes"] for r in group],
+                int(entry["k"]),
+                costs,
+                weights,
+            )
         out[name] = entry
     return out
 
@@ -1012,7 +1050,7 @@ def decode_summary(
             "patience": policy.patience,
             "exit_layers": list(policy.exit_layers or range(1, num_layers)),
         },
-        "realised": _headline(rows, num_layers, weights),
+        "realised": _headline(rows, num_layers, weights, costs),
         "predicted": {
             "oracle_savings": headline.get("oracle_savings"),
             "policy_savings": headline.get(f"savings_at_{suffix}"),

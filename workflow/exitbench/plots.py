@@ -1400,9 +1400,22 @@ def decode_realised(study: Study, out_dir: str | Path) -> list[Path]:
 
 #: (column, label, colour, line style, hollow marker) of the speed-ups in :func:`speculative_k`.
 SPECULATIVE_SERIES = (
-    ("flop_speedup", "realised, FLOPs: 1 / (1 − FLOP savings)", "#0072B2", "-", False),
+    (
+        "pass_cost_speedup",
+        "realised, pass cost (a pass = c_L, a draft = c_k)",
+        "#0072B2",
+        "-",
+        False,
+    ),
+    (
+        "predicted_pass_cost_speedup",
+        "predicted from the lens (α_k), pass cost",
+        "#555555",
+        "--",
+        True,
+    ),
+    ("flop_speedup", "realised, FLOPs: 1 / (1 − FLOP savings)", "#009E73", "-.", False),
     ("wall_speedup", "realised, wall clock", "#D55E00", ":", False),
-    ("predicted_flop_speedup", "predicted from the lens (α_k), FLOPs", "#555555", "--", True),
 )
 GAMMA_MARKERS = ("o", "s", "^", "D", "v")
 
@@ -1416,9 +1429,10 @@ def _flop_speedup(savings: Any) -> float:
 
 def speculative_points(data: Mapping[str, Any]) -> pd.DataFrame:
     """One row per self-speculative variant of a decode JSON, sorted by gamma and k: the
-    realised FLOP speed-up ``1 / (1 - flop_savings)`` (its CI the same map of the FLOP
-    savings' CI, which is monotone), the wall-clock speed-up with its CI, and the FLOP
-    speed-up the lens predicted (``predicted.self_speculative``)."""
+    realised pass-cost speed-up (``pass_cost_speedup``: the prediction's cost model on the
+    counted drafts and passes) and the one the lens predicted (``predicted.self_speculative``),
+    the realised FLOP speed-up ``1 / (1 - flop_savings)`` (its CI the same map of the FLOP
+    savings' CI, which is monotone) and the wall-clock speed-up, each with its CI."""
     predicted = data.get("predicted", {}).get("self_speculative", {})
     columns = ["k", "gamma"] + [
         f"{name}{end}" for name, *_ in SPECULATIVE_SERIES for end in ("", "_ci_low", "_ci_high")
@@ -1436,10 +1450,12 @@ def speculative_points(data: Mapping[str, Any]) -> pd.DataFrame:
         savings = entry.get("flop_savings") or {}
         for end, key in (("", "estimate"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
             row[f"flop_speedup{end}"] = _flop_speedup(savings.get(key))
-            value = (entry.get("wall_speedup") or {}).get(key)
-            row[f"wall_speedup{end}"] = math.nan if value is None else float(value)
-        value = guess.get("flop_speedup")
-        row["predicted_flop_speedup"] = math.nan if value is None else float(value)
+            for name in ("wall_speedup", "pass_cost_speedup"):  # older JSONs: no pass cost
+                value = (entry.get(name) or {}).get(key)
+                row[f"{name}{end}"] = math.nan if value is None else float(value)
+        # flop_speedup: the prediction's first name (the same pass-cost number)
+        value = guess.get("pass_cost_speedup", guess.get("flop_speedup"))
+        row["predicted_pass_cost_speedup"] = math.nan if value is None else float(value)
         rows.append(row)
     table = pd.DataFrame(rows, columns=columns).dropna(subset=["k", "gamma"])
     return table.astype({"k": int, "gamma": int}).sort_values(["gamma", "k"], ignore_index=True)
@@ -1448,9 +1464,10 @@ def speculative_points(data: Mapping[str, Any]) -> pd.DataFrame:
 @_styled
 def speculative_k(study: Study, out_dir: str | Path) -> list[Path]:
     """Self-speculative decoding against the draft depth k, one panel per decoded model (and
-    workload): realised FLOP and wall-clock speed-ups over full decoding with their bootstrap
-    CIs over prompts, beside the FLOP speed-up predicted from the lens (open markers, dashed),
-    one series per gamma; 1 = full decoding."""
+    workload): the realised pass-cost speed-up beside the one predicted from the lens (open
+    markers, dashed; the same cost model), and the realised FLOP and wall-clock speed-ups,
+    each realised one with its bootstrap CI over prompts, one series per gamma; 1 = full
+    decoding."""
     stem = "speculative_k"
     order = _model_order(study.summary)
     keys = sorted(
@@ -1495,7 +1512,8 @@ def speculative_k(study: Study, out_dir: str | Path) -> list[Path]:
                 low, high = min(low, float(np.nanmin(values))), max(high, float(np.nanmax(values)))
                 # the three series side by side, so their bars never hide each other
                 ax.errorbar(
-                    part["k"].to_numpy(dtype=float) + (si - 1) * 0.12,
+                    part["k"].to_numpy(dtype=float)
+                    + (si - (len(SPECULATIVE_SERIES) - 1) / 2) * 0.1,
                     values,
                     yerr=err,
                     color=color,
