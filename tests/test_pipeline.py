@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 
-from exitbench import tables
+from exitbench import plots, tables
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -217,17 +218,16 @@ def test_report_embeds_every_figure(study):
     run(study, "--report", str(study / "report.html"))
     html = (study / "report.html").read_text()
     assert len(html) > 100_000
-    for stem in (
-        "agreement_curves",
-        "release_trend",
-        "arch_comparison",
-        "params_trend",
-        "base_vs_tuned",
-        "checkpoints",
-        "saturation_hist",
-        "tradeoff",
-    ):
+    assert sorted(plots.FIGURES) == sorted(rule_figures())  # the figures rule draws each
+    for stem in plots.FIGURES:
         assert f"{stem}.png" in html, stem
+
+
+def rule_figures() -> list[str]:
+    """The FIGURES list of workflow/rules/common.smk (the figures rule's outputs)."""
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    block = text[text.index("FIGURES = [") : text.index("]", text.index("FIGURES = ["))]
+    return re.findall(r'"(\w+)"', block)
 
 
 def test_missing_model_path_fails_before_any_job(tmp_path, tiny_model_dirs):
