@@ -44,7 +44,7 @@ rule all:
         "results/summary.parquet",
         "results/summary.csv",
         expand("figures/{figure}.{ext}", figure=FIGURES, ext=["pdf", "png"]),
-        expand("figures/lens_comparison.{ext}", ext=["pdf", "png"])
+        expand("figures/{figure}.{ext}", figure=LENS_FIGURES, ext=["pdf", "png"])
         if TUNED_LENS
         else [],
         decode_outputs(),

@@ -44,6 +44,8 @@ FIGURES = [
     "decode_realised",
     "speculative_k",
 ]
+#: lenses: [logit, tuned]: the figures of rule figures_lenses
+LENS_FIGURES = ["lens_comparison", "lens_trends"]
 LOAD_KEYS = ("path", "hf_id", "revision", "dtype")
 
 
