@@ -703,3 +703,57 @@ def test_figures_lenses_rule_reports_lens_trends():
         rules,
     )
     assert (REPORT / "lens_trends.rst").exists()
+
+
+def _lens_inputs(shift: float) -> tuple[dict, dict]:
+    """Two models on two workloads under both lenses; the tuned lens's numbers are the logit
+    lens's plus ``shift`` (its CI too). The logit summary of model b lacks savings_first."""
+    rows = []
+    for model, arch, value in (("a", "dense", 0.3), ("b", "ssm", 0.5)):
+        for workload in ("docs", "code"):
+            row = {"model": model, "workload": workload, "status": "ok", "arch": arch}
+            for metric in ("savings_first", "savings_settled", "savings_at_99"):
+                row[metric] = value
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = value - 0.05, value + 0.1
+            rows.append(row)
+    logit = aggregate._typed(pd.DataFrame(rows))
+    logit.loc[logit["model"] == "b", "savings_first"] = np.nan
+    tuned = logit.copy()
+    for metric in ("savings_first", "savings_settled", "savings_at_99"):
+        for end in ("", "_ci_low", "_ci_high"):
+            tuned[f"{metric}{end}"] += shift
+    tuned.loc[tuned["model"] == "b", "savings_first"] = 0.9
+    layers = np.arange(5)
+    curves = pd.DataFrame(
+        [
+            {"model": m, "workload": w, "layer": int(layer), "layer_fraction": layer / 4,
+             "agreement": layer / 4, "kl_to_final_mean": 1.0 - layer / 4}
+            for m in ("a", "b") for w in ("docs", "code") for layer in layers
+        ]
+    )  # fmt: skip
+    return {"logit": logit, "tuned": tuned}, {"logit": curves, "tuned": curves}
+
+
+def test_lens_comparison_pairs_each_model_with_both_cis_per_workload(tmp_path):
+    summaries, curves = _lens_inputs(0.2)
+    figures = render_keeping_figures(plots.lens_comparison, summaries, curves, tmp_path / "a")
+    fig = figures["lens_comparison"]
+    for workload in ("docs", "code"):
+        ax = panel(fig, f"savings at 99% consistency · {workload}")
+        points = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(points) == 2  # one per model
+        line = points[0].lines[0]  # model a: logit 0.3 on x, tuned 0.5 on y
+        assert (line.get_xdata()[0], line.get_ydata()[0]) == pytest.approx((0.3, 0.5))
+        xbar, ybar = (c.get_segments()[0] for c in points[0].lines[2])
+        assert sorted(xbar[:, 0]) == pytest.approx([0.25, 0.4])  # the logit CI
+        assert sorted(ybar[:, 1]) == pytest.approx([0.45, 0.6])  # the tuned CI
+        # model b has no logit S_first: only model a is drawn there
+        first = panel(fig, f"S_first (first agreement) · {workload}")
+        assert len([c for c in first.containers if isinstance(c, ErrorbarContainer)]) == 1
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == ["a", "b", "logit lens", "tuned lens"]
+    again = render_keeping_figures(plots.lens_comparison, summaries, curves, tmp_path / "b")
+    assert again
+    for ext in ("png", "pdf"):
+        name = f"lens_comparison.{ext}"
+        assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False)

@@ -1629,58 +1629,119 @@ def figures_from_files(
 
 #: Headline numbers drawn logit (x) against tuned (y) in :func:`lens_comparison`.
 LENS_HEADLINES: tuple[tuple[str, str], ...] = (
-    ("oracle_savings", "S_settled (oracle savings)"),
+    ("savings_first", "S_first (first agreement)"),
+    ("savings_settled", "S_settled (settled prediction)"),
     ("savings_at_99", "savings at 99% consistency"),
 )
+#: lens -> line style of its layer curves in :func:`lens_comparison`.
+LENS_LINES: dict[str, str] = {"logit": "-", "tuned": "--"}
+
+
+def _headline_with_ci(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """model, workload, a headline metric and its CI columns (NaN where the summary has none:
+    a summary written before the metric existed)."""
+    out = summary[["model", "workload"]].copy()
+    for end in ("", "_ci_low", "_ci_high"):
+        column = f"{metric}{end}"
+        values = summary[column] if column in summary else np.nan
+        out[f"value{end}"] = pd.to_numeric(values, errors="coerce")
+    return out
 
 
 def lens_comparison(
     summaries: Mapping[str, pd.DataFrame], curves: Mapping[str, pd.DataFrame], out_dir: str | Path
 ) -> list[Path]:
-    """Per model, agreement and KL to final across depth under the logit lens (solid) and the
-    tuned lens (dashed), and each headline number under both lenses (one point per model and
-    workload: logit on x, tuned on y; above the diagonal = the tuned lens exits earlier)."""
-    logit, tuned = curves["logit"], curves["tuned"]
-    models = list(pd.unique(summaries["logit"]["model"]))
-    workload = str(summaries["logit"]["workload"].iloc[0])
-    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(models)}
-    fig, axes = plt.subplots(
-        1, 2 + len(LENS_HEADLINES), figsize=(4.2 * (2 + len(LENS_HEADLINES)), 3.8)
-    )
-    for model in models:
-        for table, style in ((logit, "-"), (tuned, "--")):
-            rows = table[(table["model"] == model) & (table["workload"] == workload)]
-            rows = rows.sort_values("layer")
-            axes[0].plot(rows["layer_fraction"], rows["agreement"], style, color=colors[model])
-            axes[1].plot(
-                rows["layer_fraction"], rows["kl_to_final_mean"], style, color=colors[model]
+    """Logit vs tuned lens, one row of panels per workload: agreement and KL to final across
+    depth per model (logit solid, tuned dashed), and each headline number under both lenses
+    (one point per model, logit on x, tuned on y, each with its bootstrap CI; above the
+    diagonal = the tuned lens lets the model exit earlier)."""
+    with plt.rc_context(RC_PARAMS):
+        return _lens_comparison(summaries, curves, out_dir)
+
+
+def _lens_comparison(
+    summaries: Mapping[str, pd.DataFrame], curves: Mapping[str, pd.DataFrame], out_dir: str | Path
+) -> list[Path]:
+    stem = "lens_comparison"
+    summary = summaries["logit"]
+    models = _model_order(summary) or list(pd.unique(summary["model"]))
+    workloads = list(pd.unique(summary["workload"]))
+    if not models or not workloads:
+        return _single_message_figure(out_dir, stem, "no models in this study")
+    colors = model_colors(summary)
+    ncols = 2 + len(LENS_HEADLINES)
+    fig, axes = _figure(len(workloads), ncols, 3.3, 2.9)
+    for row, workload in enumerate(workloads):
+        curve_axes = axes[row, 0], axes[row, 1]
+        for lens, style in LENS_LINES.items():
+            table = curves[lens]
+            for model in models:
+                rows = table[(table["model"] == model) & (table["workload"] == workload)]
+                rows = rows.sort_values("layer")
+                for ax, column in zip(curve_axes, ("agreement", "kl_to_final_mean"), strict=True):
+                    ax.plot(
+                        rows["layer_fraction"],
+                        rows[column],
+                        linestyle=style,
+                        color=colors.get(model, "0.5"),
+                        linewidth=1.0,
+                    )
+        curve_axes[0].set(
+            xlabel="layer / L", ylabel="agreement with final top-1", title=f"agreement · {workload}"
+        )
+        curve_axes[1].set(
+            xlabel="layer / L", ylabel="KL(p_L ‖ p_l), nats", title=f"KL to final · {workload}"
+        )
+        curve_axes[1].set_yscale("symlog", linthresh=0.01)
+        for ax, (metric, label) in zip(axes[row, 2:], LENS_HEADLINES, strict=True):
+            both = _headline_with_ci(summary, metric).merge(
+                _headline_with_ci(summaries["tuned"], metric),
+                on=["model", "workload"],
+                suffixes=("_logit", "_tuned"),
             )
-    axes[0].set(
-        xlabel="layer / L", ylabel="agreement with final top-1", title=f"agreement ({workload})"
-    )
-    axes[1].set(xlabel="layer / L", ylabel="KL(p_L ‖ p_l), nats", title=f"KL to final ({workload})")
-    axes[1].set_yscale("symlog", linthresh=0.01)
-    merged = summaries["logit"].merge(
-        summaries["tuned"], on=["model", "workload"], suffixes=("_logit", "_tuned")
-    )
-    for axis, (metric, label) in zip(axes[2:], LENS_HEADLINES, strict=True):
-        x = pd.to_numeric(merged[f"{metric}_logit"], errors="coerce")
-        y = pd.to_numeric(merged[f"{metric}_tuned"], errors="coerce")
-        axis.scatter(x, y, c=[colors[m] for m in merged["model"]], s=18)
-        finite = pd.concat([x, y]).dropna()
-        if len(finite):
-            low, high = float(finite.min()), float(finite.max())
-            pad = 0.05 * (high - low or 1.0)
-            axis.plot([low - pad, high + pad], [low - pad, high + pad], color="0.6", lw=0.8)
-        axis.set(xlabel=f"logit lens: {label}", ylabel=f"tuned lens: {label}", title=label)
-    handles = [Line2D([], [], color=colors[m], label=m) for m in models]
+            both = both[both["workload"] == workload]
+            drawn = []
+            for model in models:
+                point = both[both["model"] == model]
+                if point.empty or point[["value_logit", "value_tuned"]].isna().any(axis=None):
+                    continue
+                point = point.iloc[0]
+
+                def err(lens: str, point=point) -> np.ndarray | None:
+                    low, high = point[f"value_ci_low_{lens}"], point[f"value_ci_high_{lens}"]
+                    if pd.isna(low) or pd.isna(high):
+                        return None
+                    value = point[f"value_{lens}"]
+                    return np.array([[max(value - low, 0.0)], [max(high - value, 0.0)]])
+
+                ax.errorbar(
+                    point["value_logit"],
+                    point["value_tuned"],
+                    xerr=err("logit"),
+                    yerr=err("tuned"),
+                    color=colors.get(model, "0.5"),
+                    marker="o",
+                    markersize=4,
+                    elinewidth=0.7,
+                    capsize=0,
+                    linestyle="none",
+                )
+                drawn += [point["value_logit"], point["value_tuned"]]
+            if drawn:
+                low, high = float(np.nanmin(drawn)), float(np.nanmax(drawn))
+                pad = 0.08 * (high - low or 1.0)
+                ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.6", lw=0.8)
+            else:
+                _message(ax, f"no {label} under both lenses")
+            ax.set(xlabel="logit lens", ylabel="tuned lens", title=f"{label} · {workload}")
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+    handles = [Line2D([], [], color=colors[m], label=m) for m in models if m in colors]
     handles += [
-        Line2D([], [], color="0.3", ls="-", label="logit lens"),
-        Line2D([], [], color="0.3", ls="--", label="tuned lens"),
+        Line2D([], [], color="0.3", linestyle=style, label=f"{lens} lens")
+        for lens, style in LENS_LINES.items()
     ]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
-    fig.tight_layout()
-    return _save(fig, out_dir, "lens_comparison")
+    _figure_legend(fig, handles)
+    return _save(fig, out_dir, stem)
 
 
 def lens_comparison_from_files(
