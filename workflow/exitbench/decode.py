@@ -290,8 +290,10 @@ class BlockRunner:
         """Truncate block ``layer``'s KV cache to its first ``length`` positions."""
         surplus = self.lengths[layer] - length
         if surplus > 0:
+            # the block ran as layer 0 of its own cache: crop that layer alone, since the
+            # cache's other layers stay empty and transformers 5.17 fails on empty ones;
             # a negative argument removes that many positions (transformers 5.x, all minors)
-            self.caches[layer].crop(-surplus)
+            self.caches[layer].layers[0].crop(-surplus)
             self.lengths[layer] = length
 
     def snapshot(self) -> tuple[list[Any], list[int]]:
