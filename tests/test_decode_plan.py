@@ -44,3 +44,11 @@ def test_a_hybrid_model_gets_no_decode_job(tmp_path, tiny_model_dirs) -> None:
     said = result.stdout + result.stderr
     assert said.count("no decode job for model 'tiny-jamba'") == 1, said[-3000:]
     assert "model_type 'jamba' mixes attention and SSM layers" in said
+
+
+def test_an_empty_decode_workload_list_plans_no_decode_stage(tmp_path, tiny_model_dirs) -> None:
+    config = study_config(tiny_model_dirs)
+    config["decode"] = {"workloads": []}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    jobs = harness.planned_jobs(run(tmp_path, "-n", "--quiet", "rules").stdout)
+    assert "decode" not in jobs and jobs["score"] == 3 and jobs["figures"] == 1
