@@ -460,3 +460,42 @@ def test_bad_stage_input_leaves_no_output(tiny_model_dirs, tmp_path):
         )
     assert not out_parquet.exists() and not out_json.exists()
     assert not list(tmp_path.glob(".d.*"))
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_every_table_type_decodes_exactly_or_is_refused(kind):
+    """Every type of the architecture table either decodes with all three methods (full ==
+    generate, an early exit that never exits == full, self-speculative == full) or stops
+    before decoding with a DecodeError naming its model type (hybrids, mixed layer types)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CASES[kind]()).eval()
+    model_type = model.config.model_type
+    prompt, new = [5, 17, 42, 9, 77, 31], 6
+    if decode.decode_refusal(model_type):
+        with pytest.raises(DecodeError, match=f"model_type {model_type!r}"):
+            BlockRunner(model)
+        return
+    full = decode.full_generate(model, prompt, new).tokens
+    with torch.no_grad():
+        generated = model.generate(
+            torch.tensor([prompt]), max_new_tokens=new, do_sample=False, pad_token_id=0
+        )
+    assert full == generated[0, len(prompt) :].tolist()
+    runner = BlockRunner(model)
+    never = ExitPolicy("maxprob", None)
+    assert decode.early_exit_generate(runner, prompt, new, never, "recompute").tokens == full
+    assert decode.self_speculative_generate(runner, prompt, new, 1, 2).tokens == full
+
+
+def test_gemma_and_mixed_layer_types_are_refused():
+    for model_type in ("gemma2", "gemma3", "gemma3_text"):
+        assert "interleaves layer types" in decode.decode_refusal(model_type)
+    config = CASES["qwen2"]()
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 4, 1
+    config.layer_types = None
+    config.__post_init__() if hasattr(config, "__post_init__") else None
+    model = AutoModelForCausalLM.from_config(config).eval()
+    kinds = sorted(set(model.config.layer_types))
+    assert kinds == ["full_attention", "sliding_attention"], kinds
+    with pytest.raises(DecodeError, match="'qwen2' interleaves layer types"):
+        BlockRunner(model)

@@ -15,7 +15,7 @@ built model's ``numel``. No other module holds a per-type ``if``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -93,6 +93,10 @@ class Architecture:
     Running a prefix of blocks:
 
     - ``blocks``: the ``ModuleList`` of the L decoder blocks, in order.
+    - ``mixed_layer_types``: its checkpoints interleave layer types (Gemma-2/3: sliding
+      and full attention, Gemma-3 with a rotary base of each) that transformers picks per
+      layer index from ``config.layer_types``, so a block cannot run as layer 0 of a cache
+      of its own (:func:`decode_refusal`).
 
     Counting FLOPs and parameters (:mod:`exitbench.flops`):
 
@@ -143,6 +147,7 @@ class Architecture:
     vision_tower: Literal["siglip"] | None = None
     single_kv_head: str | None = None
     other_layout: tuple[tuple[str, bool], ...] = ()
+    mixed_layer_types: bool = False
 
 
 _SOFTCAP = PostHead("softcap", "final_logit_softcapping")
@@ -159,8 +164,9 @@ def _decoder(
 
 
 def _gemma(**facts: Any) -> Architecture:
-    """Gemma-2/3: four norms per layer (pre and post attention, pre and post MLP)."""
-    return _decoder(norms_per_layer=4, **facts)
+    """Gemma-2/3: four norms per layer (pre and post attention, pre and post MLP), sliding
+    and full attention layers interleaved."""
+    return _decoder(norms_per_layer=4, mixed_layer_types=True, **facts)
 
 
 def _mamba(plan: LayerPlan) -> Architecture:
@@ -278,9 +284,13 @@ HYBRID_PLANS: tuple[LayerPlan, ...] = ("jamba", "zamba2", "granitemoehybrid")
 def decode_refusal(model_type: str) -> str | None:
     """Why the decode stage cannot run ``model_type`` one block at a time, or None if it can.
 
-    Hybrids (:data:`HYBRID_PLANS`) are refused: decode gives each block a cache of its own,
-    and transformers builds a hybrid cache's per-layer types from the model's config, not
-    from the block. A type outside the table is refused by :func:`check_supported`.
+    Hybrids (:data:`HYBRID_PLANS`) and types whose layers interleave kinds
+    (``mixed_layer_types``: Gemma-2/3) are refused: decode gives each block a cache of its
+    own as its layer 0, and transformers takes a layer's cache, mask (and a hybrid's state)
+    from the config by layer index, not from the block. A model of another type whose
+    ``config.layer_types`` still mixes kinds (Qwen2 with ``use_sliding_window``) is refused
+    when it is loaded (:class:`exitbench.decode.BlockRunner`). A type outside the table is
+    refused by :func:`check_supported`.
     """
     architecture = check_supported(model_type)
     if architecture.plan in HYBRID_PLANS:
@@ -289,7 +299,19 @@ def decode_refusal(model_type: str) -> str | None:
             "block with a cache of its own, and transformers builds a hybrid cache's layer "
             "types from the config, not from the block; decode does not support hybrids yet"
         )
+    if architecture.mixed_layer_types:
+        return mixed_layer_types_refusal(model_type, ("sliding_attention", "full_attention"))
     return None
+
+
+def mixed_layer_types_refusal(model_type: str, layer_types: Sequence[str]) -> str:
+    """The refusal of a model whose layers are of several ``layer_types``."""
+    return (
+        f"model_type {model_type!r} interleaves layer types ({', '.join(layer_types)}): decode "
+        "runs each block as layer 0 of a cache of its own, and transformers picks a layer's "
+        "mask, cache and rotary embedding by its index in config.layer_types, so every block "
+        "would run as the first layer's type; decode does not support mixed layer types yet"
+    )
 
 
 def check_layout(config: Any) -> Architecture:

@@ -66,7 +66,13 @@ import numpy as np
 import torch
 
 from . import metrics
-from .architectures import check_supported, decode_refusal, decoder_blocks, module_at
+from .architectures import (
+    check_supported,
+    decode_refusal,
+    decoder_blocks,
+    mixed_layer_types_refusal,
+    module_at,
+)
 from .lens import LogitLens
 from .score import MIN_CI_DOCUMENTS
 
@@ -180,7 +186,10 @@ class BlockRunner:
         model_type = model.config.model_type
         self.model = model
         self.architecture = check_supported(model_type)
-        refusal = decode_refusal(model_type)  # hybrids; the plan already skips known ones
+        refusal = decode_refusal(model_type)  # the plan already skips the known ones
+        kinds = sorted(set(getattr(model.config.get_text_config(), "layer_types", None) or ()))
+        if refusal is None and len(kinds) > 1:
+            refusal = mixed_layer_types_refusal(model_type, kinds)
         if refusal:
             raise DecodeError(refusal)
         self.lens = LogitLens.from_model(model)
