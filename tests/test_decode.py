@@ -499,3 +499,15 @@ def test_gemma_and_mixed_layer_types_are_refused():
     assert kinds == ["full_attention", "sliding_attention"], kinds
     with pytest.raises(DecodeError, match="'qwen2' interleaves layer types"):
         BlockRunner(model)
+
+
+def test_full_with_a_one_token_prompt_equals_generate():
+    """full fills the cache with the prompt but its last token before its clock starts (as the
+    other methods do); a one-token prompt has nothing to fill."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CASES["llama"]()).eval()
+    with torch.no_grad():
+        generated = model.generate(
+            torch.tensor([[7]]), max_new_tokens=5, do_sample=False, pad_token_id=0
+        )
+    assert decode.full_generate(model, [7], 5).tokens == generated[0, 1:].tolist()
