@@ -1107,3 +1107,39 @@ def test_release_trend_controlled_for_size_vocabulary_and_depth():
     assert (
         pd.isna(row["estimate"]) and row["note"] == "n too small: n=6 < 7 points for 4 predictors"
     )
+
+
+def test_summary_carries_the_best_net_flop_headline(fake_study: FakeStudy, tmp_path: Path):
+    """best_net_flop_savings_at_* (with CIs) and the measure behind it come from the score
+    JSON's headline; older score JSONs without them give nulls."""
+    pair = ("llama-7b", "docs")
+    data = json.loads(Path(fake_study.score_jsons[pair]).read_text())
+    data["headline"]["best_net_flop_savings_at_99"] = {
+        "estimate": -0.001,
+        "ci_low": -0.002,
+        "ci_high": 0.0,
+    }
+    data["headline"]["best_measure_net_flop_99"] = "cos_prev"
+    data["headline"]["best_net_flop_savings_at_95"] = {
+        "estimate": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
+    data["headline"]["best_measure_net_flop_95"] = None
+    path = tmp_path / "with_best.json"
+    path.write_text(json.dumps(data))
+    jsons = {**fake_study.score_jsons, pair: path}
+    summary = aggregate.build_summary(jsons, fake_study.models, fake_study.model_infos)
+    rows = summary.set_index(["model", "workload"])
+    row = rows.loc[pair]
+    assert row["best_net_flop_savings_at_99"] == pytest.approx(-0.001)
+    assert row["best_net_flop_savings_at_99_ci_low"] == pytest.approx(-0.002)
+    assert row["best_net_flop_savings_at_99_ci_high"] == pytest.approx(0.0)
+    assert row["best_measure_net_flop_99"] == "cos_prev"
+    assert pd.isna(row["best_net_flop_savings_at_95"]) and pd.isna(row["best_measure_net_flop_95"])
+    old = rows.loc[("llama-7b-chat", "code")]  # an older score JSON: no such keys
+    assert pd.isna(old["best_net_flop_savings_at_99"]) and pd.isna(old["best_measure_net_flop_99"])
+    aggregate.write_summary(summary, tmp_path / "s.parquet", tmp_path / "s.csv")
+    written = pd.read_parquet(tmp_path / "s.parquet").set_index(["model", "workload"])
+    assert written.loc[pair, "best_measure_net_flop_99"] == "cos_prev"
+    assert written.loc[pair, "best_net_flop_savings_at_99"] == pytest.approx(-0.001)

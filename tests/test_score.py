@@ -833,3 +833,116 @@ def test_document_sums_reproduce_the_headline_hand_computed(tmp_path):
     auc = metrics.consistency_savings_auc(savings, consistency)
     assert auc == pytest.approx(head["consistency_savings_auc"]["estimate"])
     score.validate_headline(summary)
+
+
+def check_cost_arrays() -> shards.LensArrays:
+    """Six tokens in documents a, b; over layers 1..4 the lens top-1 is 9, 3, 3, 3 (final 3):
+    maxprob 0.1, 0.9, 0.9, 0.9 (confident from layer 2), cos_prev 0.1, 0.1, 0.9, 0.9
+    (settled from layer 3)."""
+    top1 = np.repeat(np.array([9, 9, 3, 3, 3], np.int32)[:, None], 6, axis=1)
+    maxprob = np.repeat(np.array([0, 0.1, 0.9, 0.9, 0.9], np.float32)[:, None], 6, axis=1)
+    cos_prev = np.repeat(np.array([np.nan, 0.1, 0.1, 0.9, 0.9], np.float32)[:, None], 6, axis=1)
+    return shards.LensArrays(
+        layers=np.arange(5),
+        top1=top1,
+        maxprob=maxprob,
+        margin=maxprob / 2,
+        entropy=1 - maxprob,
+        kl_to_final=np.zeros(top1.shape, np.float32),
+        cos_prev=cos_prev,
+        gold=np.full(6, 3, np.int32),
+        doc=np.repeat(np.arange(2), 3),
+        doc_ids=["a", "b"],
+    )
+
+
+def test_best_net_flop_measure_is_not_the_layer_savings_measure_hand_computed():
+    """L = 4, layers 10, 20, 30, 40 FLOPs, head 40 (full = 140), cosine 0.5, K/V 1..4;
+    checks at layers 1, 2, 3. At 99% consistency maxprob exits at layer 2 (S = 0.5) and
+    pays a head check at layer 1: 30 + 40 + 40 + (3 + 4) = 117 -> 1 - 117/140; cos_prev
+    exits at layer 3 (S = 0.25) and pays three cosines: 60 + 1.5 + 40 + 4 = 105.5 ->
+    1 - 105.5/140. Layer savings pick maxprob; net FLOP savings pick cos_prev."""
+    model = flops.FlopModel(
+        (10.0, 20.0, 30.0, 40.0), 40.0, state_kv=(1.0, 2.0, 3.0, 4.0), cosine=0.5
+    )
+    assert model.full == 140
+    arrays = check_cost_arrays()
+    docs = score.document_split(arrays, 0.5, bootstrap=10, seed=0)
+    agree, correct = score.agreement_masks(arrays)
+    setting = params(check_every=1, min_exit_layer=1, state_cost="kv", bootstrap=10)
+    result = score.exit_policies(arrays, agree[1:], correct[1:], docs, model, setting)
+    assert result.calibration_net_flop["0.99"]["maxprob"] == pytest.approx(1 - 117 / 140)
+    assert result.calibration_net_flop["0.99"]["cos_prev"] == pytest.approx(1 - 105.5 / 140)
+    oracle = score.oracle_exits(agree[1:], correct[1:], docs, model)
+    headline, best = score.assemble_headline(oracle, result, [0.99, 0.95])
+    assert best["0.99"] == "maxprob" and best["0.95"] == "maxprob"
+    assert headline["savings_at_99"]["estimate"] == pytest.approx(0.5)
+    assert headline["net_flop_savings_at_99"]["estimate"] == pytest.approx(1 - 117 / 140)
+    for suffix in ("99", "95"):
+        assert headline[f"best_measure_net_flop_{suffix}"] == "cos_prev"
+        best_flop = headline[f"best_net_flop_savings_at_{suffix}"]
+        assert best_flop["estimate"] == pytest.approx(1 - 105.5 / 140)
+        assert best_flop == result.policies["cos_prev"][f"0.{suffix}"]["net_flop_savings"]
+    # without a FLOP model there is no net FLOP number and no measure behind it
+    bare = score.exit_policies(arrays, agree[1:], correct[1:], docs, None, setting)
+    headline, _ = score.assemble_headline(oracle, bare, [0.99, 0.95])
+    assert headline["best_measure_net_flop_99"] is None
+    assert math.isnan(headline["best_net_flop_savings_at_99"]["estimate"])
+
+
+def test_best_net_flop_measure_is_chosen_on_calibration_not_heldout():
+    """Calibration net FLOP savings pick the measure (ties: the earlier of MEASURES), even
+    where the held-out numbers would rank the measures the other way; a measure whose
+    calibrated policy misses the target (NaN) is never picked."""
+    ci = {"estimate": 0.1, "ci_low": 0.0, "ci_high": 0.2}
+    oracle = score.OracleExits(
+        np.ones(1), np.ones(1), np.zeros(2), np.zeros(2), {"oracle_savings": ci}, None
+    )
+    calibration = {t: {m: (0.2, 0.99) for m in metrics.MEASURES} for t in ("0.99", "0.95")}
+    cal_flop = {
+        "0.99": {m: -1.0 for m in metrics.MEASURES}
+        | {"entropy": 0.3, "cos_prev": 0.3, "pabee": math.nan},
+        "0.95": {m: -1.0 for m in metrics.MEASURES} | {"pabee": 0.1},
+    }
+    policies = score.ExitPolicies(
+        policies={  # held-out: pabee best, then the later measures
+            m: {
+                t: {
+                    "savings": {"estimate": 0.0},
+                    "net_flop_savings": {"estimate": 0.9 if m == "pabee" else i / 10},
+                }
+                for t in calibration
+            }
+            for i, m in enumerate(metrics.MEASURES)
+        },
+        sweeps={},
+        auc={m: {"heldout": ci, "calibration": 0.5} for m in metrics.MEASURES},
+        calibration=calibration,
+        calibration_net_flop=cal_flop,
+    )
+    headline, best = score.assemble_headline(oracle, policies, [0.99, 0.95])
+    assert best["0.99"] == "maxprob"
+    assert headline["best_measure_net_flop_99"] == "entropy"  # ties with cos_prev: earlier
+    assert headline["best_net_flop_savings_at_99"] == {"estimate": 0.2}
+    assert headline["best_measure_net_flop_95"] == "pabee"
+    assert headline["best_net_flop_savings_at_95"] == {"estimate": 0.9}
+
+
+def test_score_json_carries_the_best_net_flop_headline(tmp_path):
+    paths, tokens, info = hand_case(tmp_path)
+    _, summary = score.score_lens(paths, tokens, info, params(bootstrap=20), seed=0)
+    clean = score.validate_headline(summary)
+    head = clean["headline"]
+    measure = head["best_measure_net_flop_99"]
+    assert measure in metrics.MEASURES
+    assert (
+        head["best_net_flop_savings_at_99"]
+        == clean["policies"][measure]["0.99"]["net_flop_savings"]
+    )
+    # calibration-chosen: it beats every measure's calibration net FLOP savings at 99%
+    cal = {m: clean["policies"][m]["0.99"]["calibration"] for m in metrics.MEASURES}
+    assert cal[measure]["net_flop_savings"] == max(c["net_flop_savings"] for c in cal.values())
+    sums = clean["document_sums"]["metrics"]["best_net_flop_savings_at_99"]
+    assert sums["split"] == "heldout"
+    ratio = sum(sums["numerator"]) / sum(sums["denominator"])
+    assert ratio == pytest.approx(head["best_net_flop_savings_at_99"]["estimate"])

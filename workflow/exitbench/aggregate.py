@@ -137,7 +137,11 @@ HEADLINE_DETAIL_METRICS: tuple[str, ...] = (
     "consistency_at_95",
     "zero_check_net_flop_savings_at_99",
     "zero_check_net_flop_savings_at_95",
+    "best_net_flop_savings_at_99",
+    "best_net_flop_savings_at_95",
 )
+#: Headline strings copied as they are: the measure behind best_net_flop_savings_at_*.
+HEADLINE_MEASURE_COLUMNS: tuple[str, ...] = ("best_measure_net_flop_99", "best_measure_net_flop_95")
 #: Whether the held-out consistency of the headline policy reached its target.
 TARGET_MET_COLUMNS: tuple[str, ...] = ("target_met_at_99", "target_met_at_95")
 #: Headline metrics whose trends and comparisons ``claim_statistics`` reports.
@@ -345,7 +349,7 @@ def build_summary(
             row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _headline_value(
                 headline, name
             )
-        for name in TARGET_MET_COLUMNS:
+        for name in (*TARGET_MET_COLUMNS, *HEADLINE_MEASURE_COLUMNS):
             row[name] = headline.get(name)
         best = data.get("best_measure", {})
         for column, key in _BEST_MEASURES.items():

@@ -453,6 +453,10 @@ class ExitPolicies:
     #: ``[measure]["savings" | "consistency"] = (numerator [docs, K], denominator [docs])``
     #: per held-out document and sweep threshold: the held-out curve whose area is the AUC
     curve_sums: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    #: ``[target][measure]``: calibration net FLOP savings of the measure's calibrated policy,
+    #: NaN when that policy misses the target on calibration (or there is no FLOP model);
+    #: picks the measure of ``best_net_flop_savings_at_99``
+    calibration_net_flop: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def exit_policies(
@@ -597,6 +601,10 @@ def _measure_policy(
             float(cal["savings"][k]),
             float(cal["consistency"][k]),
         )
+        met = (cal["consistency"] if gate is None else gate)[k] >= target - 1e-12
+        out.calibration_net_flop.setdefault(key, {})[name] = (
+            float(cal["net_flop_savings"][k]) if met else math.nan
+        )
         col = {q: v[heldout, k] for q, v in sums.items() if q != "tokens"}
         doc_sums = {
             "savings": (n_held * L - col["exit_layer"], n_held * L),
@@ -640,6 +648,11 @@ def assemble_headline(
     ``target_met_at_99``, ...): the held-out policy of the measure with the
     highest calibration (savings, consistency); ``target_met_at_99`` is
     whether its held-out consistency estimate reaches the target.
+    ``best_net_flop_savings_at_99``: the held-out net FLOP savings of the
+    measure (``best_measure_net_flop_99``) whose calibrated policy has the
+    highest calibration net FLOP savings among those that meet the target on
+    calibration (null, and no measure, without a FLOP model); the choice
+    never looks at held-out documents.
     ``consistency_savings_auc``: the held-out AUC of the measure
     with the highest calibration AUC. Ties go to the earlier measure of
     :data:`metrics.MEASURES`. Returns ``(headline, best_measure)``.
@@ -662,10 +675,26 @@ def assemble_headline(
         headline[f"zero_check_net_flop_savings_at_{suffix}"] = zero_check
         headline[f"consistency_at_{suffix}"] = policy.get("consistency", _NAN_CI)
         headline[f"target_met_at_{suffix}"] = policy.get("target_met")
+        flop_best = _best_net_flop_measure(policies, key, order)
+        headline[f"best_measure_net_flop_{suffix}"] = flop_best
+        headline[f"best_net_flop_savings_at_{suffix}"] = (
+            _NAN_CI
+            if flop_best is None
+            else policies.policies[flop_best][key].get("net_flop_savings", _NAN_CI)
+        )
     best_auc = max(metrics.MEASURES, key=lambda n: (policies.auc[n]["calibration"], order(n)))
     best_measure["auc"] = best_auc
     headline["consistency_savings_auc"] = policies.auc[best_auc]["heldout"]
     return headline, best_measure
+
+
+def _best_net_flop_measure(policies: ExitPolicies, key: str, order: Any) -> str | None:
+    """The measure with the highest calibration net FLOP savings at target ``key`` among
+    those whose calibrated policy meets it on calibration (ties: the earlier of
+    :data:`metrics.MEASURES`); None when no measure has a number (no FLOP model)."""
+    values = policies.calibration_net_flop.get(key, {})
+    known = [n for n in metrics.MEASURES if math.isfinite(values.get(n, math.nan))]
+    return max(known, key=lambda n: (values[n], order(n))) if known else None
 
 
 #: Headline name (per target suffix) <- the policy number of the headline measure behind it.
@@ -683,6 +712,7 @@ def document_sums(
     policies: ExitPolicies,
     best_measure: Mapping[str, str],
     targets: Sequence[float],
+    net_flop_measure: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Per-document numerator and denominator of every headline ratio (the JSON's
     ``document_sums``), so that the aggregate stage can bootstrap a difference of two
@@ -692,7 +722,9 @@ def document_sums(
     ``metrics[name]``: ``split`` (``all`` or ``heldout``: which documents the arrays
     cover, in ``documents`` order) and ``numerator``/``denominator`` with
     ``headline[name] = sum(numerator) / sum(denominator)``. Policy numbers are those of
-    the headline measure at its calibration-chosen threshold.
+    the headline measure at its calibration-chosen threshold;
+    ``best_net_flop_savings_at_99`` those of ``best_measure_net_flop_99``
+    (``net_flop_measure["0.99"]``).
 
     ``curves["consistency_savings_auc"]`` (the AUC is no ratio of sums): the held-out
     documents' sums of the headline AUC measure's sweep (integer counts), per document d
@@ -717,6 +749,15 @@ def document_sums(
                     "numerator": num,
                     "denominator": den,
                 }
+        flop_measure = (net_flop_measure or {}).get(key)
+        flop_sums = policies.document_sums.get(flop_measure, {}).get(key, {})
+        if "net_flop_savings" in flop_sums:
+            num, den = flop_sums["net_flop_savings"]
+            out[f"best_net_flop_savings_at_{suffix}"] = {
+                "split": "heldout",
+                "numerator": num,
+                "denominator": den,
+            }
     return {
         "documents": list(docs.ids),
         "heldout": [bool(h) for h in docs.heldout],
@@ -850,7 +891,17 @@ def summary_dict(
             "first_agreement_count": oracle.first_agreement_count[1:].tolist(),
         },
         "flops": None if flops is None else flops.to_dict(),
-        "document_sums": document_sums(docs, oracle, policies, best_measure, targets),
+        "document_sums": document_sums(
+            docs,
+            oracle,
+            policies,
+            best_measure,
+            targets,
+            {
+                _target_key(t): headline[f"best_measure_net_flop_{_target_suffix(t)}"]
+                for t in targets
+            },
+        ),
         "params": {
             "bootstrap": int(params["bootstrap"]),
             "calibration_fraction": float(params["calibration_fraction"]),
