@@ -68,6 +68,7 @@ def test_study_runs_through_slurm_byte_identical_to_local(slurm, reference, tmp_
         str(harness.cores()),
         "--verbose",
         *targets,
+        slurm=True,
     )
     wall_s = time.monotonic() - started
     output = result.stdout + result.stderr

@@ -59,7 +59,7 @@ def study_config(model_dirs: dict[str, Path]) -> dict:
 def run(
     workdir: Path, *args: str, check: bool = True, configfile: str = "study.yaml"
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **harness.NO_SLURM}
     result = subprocess.run(
         [
             *SNAKEMAKE,
@@ -241,7 +241,13 @@ def test_missing_model_path_fails_before_any_job(tmp_path, tiny_model_dirs):
 
 
 def test_lint_and_format_are_clean():
-    lint = subprocess.run([*SNAKEMAKE, "--lint", "-n"], cwd=REPO, capture_output=True, text=True)
+    lint = subprocess.run(
+        [*SNAKEMAKE, "--lint", "-n"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **harness.NO_SLURM},
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     fmt = subprocess.run(
         [sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True

@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 
 from exitbench.config import validate_config
 from exitbench.registry import fill_metadata, load_registry, registry_record
@@ -294,7 +295,7 @@ def test_dry_run_plans_the_expected_jobs(study, registry, tmp_path):
     complete, reason = _workflow_complete()
     if not complete:
         pytest.skip(reason)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **harness.NO_SLURM}
     command = [
         *_snakemake_command(),
         "--dry-run",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("study_time", REPO / "benchmarks" / "study_time.py")
@@ -58,7 +59,11 @@ def _extract_threads(tmp_path: Path, resources: dict | None) -> set[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            **harness.NO_SLURM,
+        },
     )
     assert result.returncode == 0, result.stderr + result.stdout
     block = result.stdout.split("rule extract:")[1].split("\n\n")[0]

@@ -4,12 +4,14 @@ determinism, the tuned-lens folder format, and refusals of lenses that do not fi
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 from conftest import tiny_config
 from transformers import AutoModelForCausalLM
 
@@ -297,6 +299,7 @@ def test_pipeline_extracts_and_scores_both_lenses(tiny_model_dirs, tmp_path):
         capture_output=True,
         text=True,
         timeout=900,
+        env={**os.environ, **harness.NO_SLURM},
     )
     assert result.returncode == 0, result.stderr[-6000:]
     results = tmp_path / "results"

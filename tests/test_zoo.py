@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -604,6 +605,7 @@ def test_zoo_rules_dry_run(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **harness.NO_SLURM},
     )
     assert result.returncode == 0, result.stderr + result.stdout
     counts = harness.planned_jobs(result.stdout)

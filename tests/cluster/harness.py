@@ -96,12 +96,23 @@ def lens_targets(config: Mapping) -> list[str]:
     ]
 
 
-def env() -> dict[str, str]:
+#: The environment of every Snakemake start that does not go through SLURM. Importing the
+#: SLURM executor plugin runs ``scontrol show config``; where SLURM's client is installed but
+#: no controller answers (after test_cluster.py stops the one it started), that call fails
+#: only after ~9 s, on every Snakemake start (README, troubleshooting 10). With SLURM_CONF at
+#: an empty file it fails at once, as where no SLURM is installed: the plugin gets None either
+#: way, and a local run never uses SLURM, so nothing a local run does or checks changes.
+NO_SLURM = {"SLURM_CONF": os.devnull}
+
+
+def env(slurm: bool = False) -> dict[str, str]:
+    """The environment of a Snakemake start: SLURM's own configuration only with ``slurm``."""
     return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        **({} if slurm else NO_SLURM),
     }
 
 
@@ -117,11 +128,12 @@ def command(workdir: Path, *args: str) -> list[str]:
 
 
 def snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: float = 900
+    workdir: Path, *args: str, check: bool = True, timeout: float = 900, slurm: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the CLI in ``workdir``; with ``check``, fail with the end of its stderr."""
+    """Run the CLI in ``workdir``; with ``check``, fail with the end of its stderr; with
+    ``slurm``, in an environment that sees the SLURM configuration (see :data:`NO_SLURM`)."""
     result = subprocess.run(
-        command(workdir, *args), capture_output=True, text=True, env=env(), timeout=timeout
+        command(workdir, *args), capture_output=True, text=True, env=env(slurm), timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(
