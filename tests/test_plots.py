@@ -13,6 +13,7 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.container import ErrorbarContainer
 from matplotlib.patches import Rectangle
@@ -737,7 +738,7 @@ def _lens_inputs(shift: float) -> tuple[dict, dict]:
 def test_lens_comparison_pairs_each_model_with_both_cis_per_workload(tmp_path):
     summaries, curves = _lens_inputs(0.2)
     figures = render_keeping_figures(plots.lens_comparison, summaries, curves, tmp_path / "a")
-    fig = figures["lens_comparison"]
+    fig = figures["lens_headlines"]
     for workload in ("docs", "code"):
         ax = panel(fig, f"savings at 99% consistency · {workload}")
         points = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
@@ -751,9 +752,52 @@ def test_lens_comparison_pairs_each_model_with_both_cis_per_workload(tmp_path):
         first = panel(fig, f"S_first (first agreement) · {workload}")
         assert len([c for c in first.containers if isinstance(c, ErrorbarContainer)]) == 1
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-    assert labels == ["a", "b", "logit lens", "tuned lens"]
+    assert labels == ["a", "b"]
+    # the curves: one pair of panels per model, a line per lens and workload
+    curves_fig = figures["lens_comparison"]
+    top = panel(curves_fig, "b")
+    styles = sorted(line.get_linestyle() for line in top.lines)
+    assert styles == ["-", "-", "--", "--"]
+    labels = [t.get_text() for legend in curves_fig.legends for t in legend.get_texts()]
+    assert labels == ["workload docs", "workload code", "logit lens", "tuned lens"]
     again = render_keeping_figures(plots.lens_comparison, summaries, curves, tmp_path / "b")
-    assert again
-    for ext in ("png", "pdf"):
-        name = f"lens_comparison.{ext}"
-        assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False)
+    assert set(again) == {"lens_comparison", "lens_headlines"}
+    for name in ("lens_comparison", "lens_headlines"):
+        for ext in ("png", "pdf"):
+            file = f"{name}.{ext}"
+            assert filecmp.cmp(tmp_path / "a" / file, tmp_path / "b" / file, shallow=False)
+
+
+def test_decode_realised_draws_the_summary_columns_side_by_side(drawn):
+    """Each bar is the summary's value: potential (both oracles, the 99% policy) beside realised
+    savings, and the self-speculative pass-cost speed-up beside its prediction."""
+    _, _, summary, figures = drawn
+    savings_ax, speedups_ax = figures["decode_realised"].axes[:2]
+    rows = summary[summary["decode_full_tokens_per_s"].notna()]
+    order = [m for m in plots._model_order(rows) if m in set(rows["model"])]
+    rows = rows.set_index("model").loc[order]
+    for ax, columns in ((savings_ax, plots.DECODE_SAVINGS), (speedups_ax, plots.DECODE_SPEEDUPS)):
+        bars = {c.get_label(): [r.get_height() for r in c.patches] for c in ax.containers}
+        assert list(bars) == [label for _, label in columns]
+        for column, label in columns:
+            np.testing.assert_allclose(bars[label], rows[column].to_numpy(dtype=float))
+    assert rows["decode_speculative_pass_cost_speedup"].notna().all()
+    assert "self-speculative (pass cost, predicted)" in [
+        c.get_label() for c in speedups_ax.containers
+    ]
+
+
+def test_figure_legends_stay_on_the_canvas(drawn):
+    """A figure legend with long labels wraps into rows instead of running off the figure
+    (the checkpoint figure's legend was cut off on both sides)."""
+    _, _, _, figures = drawn
+    checked = 0
+    for stem, fig in figures.items():
+        agg = FigureCanvasAgg(fig)  # a saved, closed figure keeps only a bare canvas
+        agg.draw()
+        renderer, canvas = agg.get_renderer(), fig.bbox
+        for legend in fig.legends:
+            box = legend.get_window_extent(renderer)
+            assert box.x0 >= canvas.x0 - 1 and box.x1 <= canvas.x1 + 1, stem
+            checked += 1
+    assert checked >= 5

@@ -1215,6 +1215,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "decode_speculative_flop_speedup",
     "decode_speculative_predicted_flop_speedup",
     "decode_speculative_acceptance_rate",
+    "decode_speculative_pass_cost_speedup",
 )
 
 
@@ -1225,7 +1226,10 @@ def summary_columns(path: str | Path | None) -> dict[str, Any]:
     wall-clock speed-up over ``full`` and agreement with it;
     ``decode_speculative_*``: the self-speculative variant with the highest
     realised FLOP speed-up ``1 / (1 - flop_savings)``, its wall-clock speed-up,
-    the speed-up the lens predicted for it and its acceptance rate.
+    the speed-up the lens predicted for it (the pass-cost model, under its first name
+    ``..._predicted_flop_speedup``), its acceptance rate, and its realised pass-cost
+    speed-up (``pass_cost_speedup``: the prediction's own cost model on the counted drafts
+    and passes, the number to read beside the prediction).
     """
     import json
 
@@ -1259,4 +1263,5 @@ def summary_columns(path: str | Path | None) -> dict[str, Any]:
         out["decode_speculative_flop_speedup"] = flop_speedup(entry)
         out["decode_speculative_predicted_flop_speedup"] = predicted.get("flop_speedup")
         out["decode_speculative_acceptance_rate"] = estimate(entry, "acceptance_rate")
+        out["decode_speculative_pass_cost_speedup"] = estimate(entry, "pass_cost_speedup")
     return out

@@ -37,6 +37,7 @@ import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
@@ -346,15 +347,21 @@ def _figure_legend(fig: plt.Figure, handles: Sequence[Any], ncol: int | None = N
         fig.legend(
             handles=handles,
             loc="outside lower center",
-            ncol=ncol or _legend_columns(fig, len(handles)),
+            ncol=ncol or _legend_columns(fig, handles),
         )
 
 
-def _legend_columns(fig: plt.Figure, n_handles: int) -> int:
-    """Columns of a figure legend: one row when it fits the figure's width, else balanced rows."""
-    fits = max(1, int(fig.get_figwidth() / 1.45))
-    rows = math.ceil(n_handles / fits)
-    return math.ceil(n_handles / rows)
+def _legend_columns(fig: plt.Figure, handles: Sequence[Any]) -> int:
+    """Columns of a figure legend: one row when it fits the figure's width, else balanced
+    rows. An entry is as wide as the longest label (about 0.55 em per character at the
+    legend's font size) plus its handle and padding, so long labels wrap into more rows
+    instead of running off the canvas."""
+    size = FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points()
+    longest = max((len(str(h.get_label())) for h in handles), default=0)
+    entry = 0.55 * size / 72 * longest + 0.75
+    fits = max(1, int(fig.get_figwidth() / entry))
+    rows = math.ceil(len(handles) / fits)
+    return math.ceil(len(handles) / rows)
 
 
 def _errorbar(ax, x: float, row: pd.Series, metric: str, color: Any, style: dict) -> None:
@@ -1336,6 +1343,7 @@ def tradeoff(study: Study, out_dir: str | Path) -> list[Path]:
 #: Figure stem -> function (stems are fixed: tests, the Snakefile and the report use them).
 #: (summary column, label) of the potential-vs-realised figure's savings panel, left to right.
 DECODE_SAVINGS = (
+    ("savings_first", "oracle S_first (lens)"),
     ("oracle_savings", "oracle S_settled (lens)"),
     ("savings_at_99", "policy at 99% (lens)"),
     ("decode_recompute_block_savings", "realised blocks (recompute)"),
@@ -1347,17 +1355,20 @@ DECODE_SPEEDUPS = (
     ("decode_recompute_wall_speedup", "early exit, recompute (wall)"),
     ("decode_propagate_wall_speedup", "early exit, propagate (wall)"),
     ("decode_speculative_wall_speedup", "self-speculative (wall)"),
+    ("decode_speculative_pass_cost_speedup", "self-speculative (pass cost)"),
+    # the pass-cost prediction under its first column name
+    ("decode_speculative_predicted_flop_speedup", "self-speculative (pass cost, predicted)"),
     ("decode_speculative_flop_speedup", "self-speculative (FLOPs)"),
-    ("decode_speculative_predicted_flop_speedup", "self-speculative (FLOPs, predicted)"),
 )
 
 
 @_styled
 def decode_realised(study: Study, out_dir: str | Path) -> list[Path]:
-    """Potential vs realised per model: the lens's oracle and 99%-policy savings beside the
-    block and FLOP savings measured in free greedy generation (decode stage), and the
-    realised speed-ups over full decoding (1 = none) beside the predicted one. Draws the
-    summary's ``decode_*`` columns as aggregate wrote them."""
+    """Potential vs realised per model: the lens's two oracles and 99%-policy savings beside
+    the block and FLOP savings measured in free greedy generation (decode stage), and the
+    realised speed-ups over full decoding (1 = none), the self-speculative pass-cost one
+    beside its prediction (one cost model). Draws the summary's columns as aggregate wrote
+    them (a column the summary lacks, as in older studies, draws no bar)."""
     stem = "decode_realised"
     summary = study.ok()
     if (
@@ -1385,7 +1396,8 @@ def decode_realised(study: Study, out_dir: str | Path) -> list[Path]:
             ax = axes[panel, w]
             width = 0.8 / len(columns)
             for i, (column, label) in enumerate(columns):
-                values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+                values = rows[column] if column in rows else pd.Series(np.nan, index=rows.index)
+                values = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
                 ax.bar(x - 0.4 + (i + 0.5) * width, values, width, color=palette(i), label=label)
             ax.axhline(1.0 if panel else 0.0, color="#555555", linewidth=0.8, linestyle="--")
             ax.set_xticks(x)
@@ -1651,49 +1663,82 @@ def _headline_with_ci(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
 def lens_comparison(
     summaries: Mapping[str, pd.DataFrame], curves: Mapping[str, pd.DataFrame], out_dir: str | Path
 ) -> list[Path]:
-    """Logit vs tuned lens, one row of panels per workload: agreement and KL to final across
-    depth per model (logit solid, tuned dashed), and each headline number under both lenses
-    (one point per model, logit on x, tuned on y, each with its bootstrap CI; above the
-    diagonal = the tuned lens lets the model exit earlier)."""
+    """Logit vs tuned lens in two figures. ``lens_comparison``: one pair of panels per model
+    (agreement with the final top-1 above, KL to final below, across depth), the logit lens
+    solid and the tuned lens dashed, one colour per workload. ``lens_headlines``: per
+    workload, each headline number under both lenses, one point per model (logit on x,
+    tuned on y, each with its bootstrap CI; above the diagonal = the tuned lens lets the
+    model exit earlier)."""
     with plt.rc_context(RC_PARAMS):
-        return _lens_comparison(summaries, curves, out_dir)
+        return _lens_curves(summaries["logit"], curves, out_dir) + _lens_headlines(
+            summaries, out_dir
+        )
 
 
-def _lens_comparison(
-    summaries: Mapping[str, pd.DataFrame], curves: Mapping[str, pd.DataFrame], out_dir: str | Path
+#: Models per row of :func:`lens_comparison`'s small multiples.
+LENS_CURVE_COLUMNS = 4
+
+
+def _lens_curves(
+    summary: pd.DataFrame, curves: Mapping[str, pd.DataFrame], out_dir: str | Path
 ) -> list[Path]:
     stem = "lens_comparison"
+    models = _model_order(summary) or list(pd.unique(summary["model"]))
+    workloads = list(pd.unique(summary["workload"]))
+    if not models:
+        return _single_message_figure(out_dir, stem, "no models in this study")
+    palette = plt.get_cmap("tab10")
+    colors = {w: palette(i % 10) for i, w in enumerate(workloads)}
+    ncols = min(LENS_CURVE_COLUMNS, len(models))
+    groups = math.ceil(len(models) / ncols)
+    fig, axes = _figure(2 * groups, ncols, 2.6, 2.0)
+    for index, model in enumerate(models):
+        top, bottom = (
+            axes[2 * (index // ncols), index % ncols],
+            axes[2 * (index // ncols) + 1, index % ncols],
+        )
+        for lens, style in LENS_LINES.items():
+            table = curves[lens]
+            for workload in workloads:
+                rows = table[(table["model"] == model) & (table["workload"] == workload)]
+                rows = rows.sort_values("layer")
+                for ax, column in ((top, "agreement"), (bottom, "kl_to_final_mean")):
+                    ax.plot(
+                        rows["layer_fraction"],
+                        rows[column],
+                        linestyle=style,
+                        color=colors[workload],
+                        linewidth=1.1,
+                    )
+        top.set(title=model, ylim=(-0.03, 1.03))
+        bottom.set_yscale("symlog", linthresh=0.01)
+        bottom.set(xlabel="layer / L")
+        if index % ncols == 0:
+            top.set_ylabel("agreement with final top-1")
+            bottom.set_ylabel("KL(p_L ‖ p_l), nats")
+    for index in range(len(models), groups * ncols):  # empty cells of the last row
+        axes[2 * (index // ncols), index % ncols].set_axis_off()
+        axes[2 * (index // ncols) + 1, index % ncols].set_axis_off()
+    handles = [Line2D([], [], color=colors[w], label=f"workload {w}") for w in workloads]
+    handles += [
+        Line2D([], [], color="0.3", linestyle=style, label=f"{lens} lens")
+        for lens, style in LENS_LINES.items()
+    ]
+    _figure_legend(fig, handles)
+    return _save(fig, out_dir, stem)
+
+
+def _lens_headlines(summaries: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    stem = "lens_headlines"
     summary = summaries["logit"]
     models = _model_order(summary) or list(pd.unique(summary["model"]))
     workloads = list(pd.unique(summary["workload"]))
     if not models or not workloads:
         return _single_message_figure(out_dir, stem, "no models in this study")
     colors = model_colors(summary)
-    ncols = 2 + len(LENS_HEADLINES)
-    fig, axes = _figure(len(workloads), ncols, 3.3, 2.9)
+    fig, axes = _figure(len(workloads), len(LENS_HEADLINES), 3.3, 2.9)
     for row, workload in enumerate(workloads):
-        curve_axes = axes[row, 0], axes[row, 1]
-        for lens, style in LENS_LINES.items():
-            table = curves[lens]
-            for model in models:
-                rows = table[(table["model"] == model) & (table["workload"] == workload)]
-                rows = rows.sort_values("layer")
-                for ax, column in zip(curve_axes, ("agreement", "kl_to_final_mean"), strict=True):
-                    ax.plot(
-                        rows["layer_fraction"],
-                        rows[column],
-                        linestyle=style,
-                        color=colors.get(model, "0.5"),
-                        linewidth=1.0,
-                    )
-        curve_axes[0].set(
-            xlabel="layer / L", ylabel="agreement with final top-1", title=f"agreement · {workload}"
-        )
-        curve_axes[1].set(
-            xlabel="layer / L", ylabel="KL(p_L ‖ p_l), nats", title=f"KL to final · {workload}"
-        )
-        curve_axes[1].set_yscale("symlog", linthresh=0.01)
-        for ax, (metric, label) in zip(axes[row, 2:], LENS_HEADLINES, strict=True):
+        for ax, (metric, label) in zip(axes[row], LENS_HEADLINES, strict=True):
             both = _headline_with_ci(summary, metric).merge(
                 _headline_with_ci(summaries["tuned"], metric),
                 on=["model", "workload"],
@@ -1735,10 +1780,10 @@ def _lens_comparison(
                 _message(ax, f"no {label} under both lenses")
             ax.set(xlabel="logit lens", ylabel="tuned lens", title=f"{label} · {workload}")
             ax.xaxis.set_major_locator(MaxNLocator(5))
-    handles = [Line2D([], [], color=colors[m], label=m) for m in models if m in colors]
-    handles += [
-        Line2D([], [], color="0.3", linestyle=style, label=f"{lens} lens")
-        for lens, style in LENS_LINES.items()
+    handles = [
+        Line2D([], [], color=colors[m], marker="o", linestyle="none", label=m)
+        for m in models
+        if m in colors
     ]
     _figure_legend(fig, handles)
     return _save(fig, out_dir, stem)

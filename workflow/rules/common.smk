@@ -45,7 +45,7 @@ FIGURES = [
     "speculative_k",
 ]
 #: lenses: [logit, tuned]: the figures of rule figures_lenses
-LENS_FIGURES = ["lens_comparison", "lens_trends"]
+LENS_FIGURES = ["lens_comparison", "lens_headlines", "lens_trends"]
 LOAD_KEYS = ("path", "hf_id", "revision", "dtype")
 
 

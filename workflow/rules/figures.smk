@@ -98,6 +98,12 @@ rule figures_lenses:
             caption="../report/lens_comparison.rst",
             category="1. Layer curves",
         ),
+        headlines_pdf="figures/lens_headlines.pdf",
+        lens_headlines=report(
+            "figures/lens_headlines.png",
+            caption="../report/lens_headlines.rst",
+            category="2. Exit policies",
+        ),
         trends_pdf="figures/lens_trends.pdf",
         lens_trends=report(
             "figures/lens_trends.png",

@@ -1,4 +1,5 @@
-"""Snakemake adapter: logit vs tuned lens -> figures/lens_comparison and figures/lens_trends."""
+"""Snakemake adapter: logit vs tuned lens -> figures/lens_comparison, lens_headlines and
+lens_trends."""
 
 from pathlib import Path
 
