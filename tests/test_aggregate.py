@@ -245,6 +245,7 @@ def fake_score(
         columns[f"{name}_ci_high"] = values + 0.01
     columns["saturation_count"] = sat
     columns["first_agreement_count"] = sat
+    columns["lens"] = ["logit"] * n
     table = pa.table(columns)
 
     sweep = _sweep(oracle)
@@ -1107,6 +1108,30 @@ def test_release_trend_controlled_for_size_vocabulary_and_depth():
     assert (
         pd.isna(row["estimate"]) and row["note"] == "n too small: n=6 < 7 points for 4 predictors"
     )
+
+
+def test_statistics_carry_the_lens_of_their_summary(fake_study: FakeStudy, tmp_path: Path):
+    """statistics.* say logit, statistics-tuned.* tuned (issue 12: a lens column)."""
+    for lens in ("logit", "tuned"):
+        out = tmp_path / lens
+        paths = [out / "s.parquet", out / "s.csv", out / "stats.csv", out / "stats.json"]
+        aggregate.aggregate_files(
+            fake_study.score_jsons,
+            fake_study.models,
+            fake_study.model_infos,
+            *paths,
+            seed=1,
+            n_boot=50,
+            lens=lens,
+        )
+        rows = json.loads(paths[3].read_text())["rows"]
+        assert rows and {row["lens"] for row in rows} == {lens}
+        assert set(pd.read_csv(paths[2])["lens"]) == {lens}
+        assert list(pd.read_csv(paths[2]).columns)[-1] == "lens"  # beside the old columns
+    summary = pd.read_parquet(tmp_path / "tuned" / "s.parquet")
+    mixed = pd.concat([summary, summary.assign(lens="logit")], ignore_index=True)
+    with pytest.raises(aggregate.AggregateError, match=r"mixes lenses \['logit', 'tuned'\]"):
+        aggregate.claim_statistics(mixed, n_boot=10)
 
 
 def test_summary_carries_the_best_net_flop_headline(fake_study: FakeStudy, tmp_path: Path):

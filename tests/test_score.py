@@ -835,6 +835,67 @@ def test_document_sums_reproduce_the_headline_hand_computed(tmp_path):
     score.validate_headline(summary)
 
 
+# ---------------------------------------------------------------- lens column, translators
+
+
+def test_scores_table_names_its_lens_and_tuned_scores_say_if_translators_saw_the_workload(
+    tmp_path,
+):
+    """Issue 12: the scores Parquet has a lens column (logit | tuned); a tuned score JSON
+    says whether the translators trained on this workload's documents."""
+    paths, tokens, info = hand_case(tmp_path)
+    folder = tmp_path / "translators"
+    folder.mkdir()
+    source = folder / score.TRANSLATORS_SOURCE_FILE
+    outputs = {}
+    for lens, trained_on in [
+        ("logit", None),
+        ("tuned", {"workloads": ["work", "other"], "windows": 3, "documents": 1}),
+        ("tuned", {"workloads": ["other"], "windows": 3, "documents": 1}),
+        ("tuned", {"zoo_data": "results/zoo/data", "corpora": ["prose"]}),
+        ("tuned", {"published": "/lenses/gpt2"}),
+        ("tuned", None),
+    ]:
+        source.unlink(missing_ok=True)
+        if trained_on is not None:
+            source.write_text(json.dumps(trained_on))
+        out = tmp_path / f"out{len(outputs)}"
+        summary = score.score_files(
+            paths,
+            tokens,
+            _info_file(tmp_path, info),
+            out / "s.parquet",
+            out / "s.json",
+            {**params(bootstrap=10), "lens": lens},
+            seed=0,
+            translators=folder if lens == "tuned" else None,
+        )
+        curves = tables.read_table(out / "s.parquet", "scores")
+        assert set(curves.column("lens").to_pylist()) == {lens}
+        assert curves.column_names[-1] == "lens"  # beside the old columns, their order kept
+        written = json.loads((out / "s.json").read_text())
+        assert written["lens"] == lens
+        outputs[len(outputs)] = (written.get("translators_in_sample", "absent"), summary)
+    assert outputs[0][0] == "absent"  # the logit lens has no translators
+    in_sample, summary = outputs[1]
+    assert in_sample is True and summary["n_documents"] == 2
+    assert any(
+        "trained on the calibration documents of workload 'work'" in w for w in summary["warnings"]
+    )
+    assert [outputs[k][0] for k in (2, 3, 4, 5)] == [False, False, None, None]
+    assert not any("trained" in w for k in (2, 3) for w in outputs[k][1]["warnings"])
+    assert any("published one (/lenses/gpt2)" in w for w in outputs[4][1]["warnings"])
+    assert any("training documents are unknown" in w for w in outputs[5][1]["warnings"])
+    # the numbers do not depend on the flag: only the lens column and warnings differ
+    assert outputs[1][1]["headline"] == outputs[2][1]["headline"]
+
+
+def _info_file(tmp_path, info) -> Path:
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(info))
+    return path
+
+
 def check_cost_arrays() -> shards.LensArrays:
     """Six tokens in documents a, b; over layers 1..4 the lens top-1 is 9, 3, 3, 3 (final 3):
     maxprob 0.1, 0.9, 0.9, 0.9 (confident from layer 2), cos_prev 0.1, 0.1, 0.9, 0.9

@@ -15,7 +15,7 @@ from cluster import harness  # tests/cluster/harness.py (tests/ is on sys.path)
 from conftest import tiny_config
 from transformers import AutoModelForCausalLM
 
-from exitbench import extract, tables
+from exitbench import extract, score, tables
 from exitbench import translators as tr
 from exitbench.lens import LogitLens, TunedLens
 
@@ -137,6 +137,12 @@ def test_training_is_deterministic_and_round_trips(tiny_model_dirs, tmp_path):
             assert torch.equal(loaded.decode(hidden, layer), trained.decode(hidden, layer))
         # layer L keeps the identity: the model's own logits
         assert torch.equal(loaded.decode(states[-1], 3), model(input_ids).logits)
+    # a published folder is copied: what it trained on is unknown to the score stage (issue 12)
+    entry = {"path": str(tiny_model_dirs["llama"]), "dtype": "float32", "tuned_lens": str(one)}
+    tr.build_translators("m", entry, tmp_path / "copy", FAST, seed=0, device="cpu")
+    source = json.loads((tmp_path / "copy" / tr.SOURCE_FILE).read_text())
+    assert source == {"published": str(one)}
+    assert score.translators_in_sample(tmp_path / "copy", "w", 10)[0] is None
 
 
 @pytest.mark.parametrize(
@@ -304,7 +310,7 @@ def test_pipeline_extracts_and_scores_both_lenses(tiny_model_dirs, tmp_path):
     assert result.returncode == 0, result.stderr[-6000:]
     results = tmp_path / "results"
     folder = results / "translators" / "tiny-llama"
-    for name in ("config.json", "params.pt", "training.json", "loss.png"):
+    for name in ("config.json", "params.pt", "training.json", "loss.png", "training_source.json"):
         assert (folder / name).is_file(), name
     logit = tables.read_table(results / "lens/tiny-llama/docs/shard-0.parquet", "lens")
     tuned = tables.read_table(results / "lens-tuned/tiny-llama/docs/shard-0.parquet", "lens")
@@ -323,6 +329,19 @@ def test_pipeline_extracts_and_scores_both_lenses(tiny_model_dirs, tmp_path):
     assert set(summary["lens"]) == {"logit"} and set(summary_tuned["lens"]) == {"tuned"}
     assert summary_tuned[["model", "workload"]].equals(summary[["model", "workload"]])
     assert (results / "statistics-tuned.json").is_file()
+    # issue 12: every table of a lens names it; a hub model's translators trained on this
+    # workload's calibration documents, so its tuned curves and oracles are partly in-sample
+    for lens, scores, statistics in [
+        ("logit", "scores", "statistics"),
+        ("tuned", "scores-tuned", "statistics-tuned"),
+    ]:
+        curves = tables.read_table(results / scores / "tiny-llama/docs.parquet", "scores")
+        assert set(curves["lens"].to_pylist()) == {lens}
+        rows = json.loads((results / f"{statistics}.json").read_text())["rows"]
+        assert rows and {row["lens"] for row in rows} == {lens}
+    assert json.loads((folder / "training_source.json").read_text())["workloads"] == ["docs"]
+    assert headline["translators_in_sample"] is True and "translators_in_sample" not in plain
+    assert any("calibration documents of workload 'docs'" in w for w in headline["warnings"])
     assert (tmp_path / "figures" / "lens_comparison.png").stat().st_size > 0
 
 

@@ -206,6 +206,7 @@ STATISTICS_COLUMNS: tuple[str, ...] = (
     "method",
     "models",
     "note",
+    "lens",  # logit | tuned: the summary's lens (results/statistics.* | statistics-tuned.*)
 )
 MIN_TREND_MODELS = 3
 #: Fewest models behind a trend's CI and OLS p-value (below: estimate only, ``n too small``).
@@ -1021,10 +1022,12 @@ def claim_statistics(
     (:func:`read_document_sums`) feeds the paired document bootstrap of the
     base/tuned and control/base pairs; without it their CIs combine the two
     models' CIs. Never fails for lack of data: such rows have ``n`` and a ``note``.
+    Every row's ``lens`` is the summary's (logit where the summary has no ``lens`` column).
     """
     unknown = [m for m in metrics if m not in summary.columns]
     if unknown:
         raise AggregateError(f"metrics {unknown} are not summary columns")
+    lens = _summary_lens(summary)
     out: list[dict[str, Any]] = []
     for workload in pd.unique(summary["workload"]):
         rows = summary[summary["workload"] == workload]
@@ -1070,12 +1073,21 @@ def claim_statistics(
                 out += _paired_rows(workload, metric, ok, analysis, document_sums, n_boot, seed)
             out += _checkpoint_rows(workload, metric, rows)
     frame = pd.DataFrame(out, columns=list(STATISTICS_COLUMNS))
+    frame["lens"] = lens
     frame["n"] = frame["n"].astype("Int64")
     for column in ("estimate", "ci_low", "ci_high", "intercept", "p_value"):
         frame[column] = frame[column].astype("float64")
     for column in ("spearman_rho", "spearman_p"):
         frame[column] = frame[column].astype("float64")
     return frame
+
+
+def _summary_lens(summary: pd.DataFrame) -> str:
+    """The one lens of ``summary``'s rows (``logit`` without a ``lens`` column)."""
+    lenses = set(summary["lens"].dropna()) if "lens" in summary else set()
+    if len(lenses) > 1:
+        raise AggregateError(f"summary mixes lenses {sorted(lenses)}: aggregate one at a time")
+    return str(lenses.pop()) if lenses else "logit"
 
 
 def write_statistics(

@@ -80,6 +80,7 @@ __all__ = [
     "scores_table",
     "study_warnings",
     "summary_dict",
+    "translators_in_sample",
     "validate_headline",
     "write_scores",
 ]
@@ -119,6 +120,8 @@ MEASURE_CHECKS = {
 #: One-sided confidence level of the lower bound on calibration consistency
 #: (``score.calibration: bound``).
 CALIBRATION_LEVEL = 0.95
+#: What the translators trained on, in their folder (written by the translators stage).
+TRANSLATORS_SOURCE_FILE = "training_source.json"
 
 
 class ScoreError(ValueError):
@@ -804,8 +807,10 @@ def scores_table(
     oracle: OracleExits,
     model: str,
     workload: str,
+    lens: str = "logit",
 ) -> pa.Table:
-    """The ``scores`` table: one row per lens layer (exit counts are 0 at layer 0)."""
+    """The ``scores`` table: one row per lens layer (exit counts are 0 at layer 0);
+    ``lens`` (logit | tuned) fills its ``lens`` column."""
     layers = np.asarray(arrays.layers)
     L = int(layers[-1])
     first_exit = layers.size - L
@@ -830,6 +835,7 @@ def scores_table(
                 name: pa.array(np.concatenate([np.zeros(first_exit, np.int64), hist[1:]]))
                 for name, hist in counts.items()
             },
+            "lens": pa.array([lens] * n_layers, pa.string()),
         }
     )
 
@@ -929,8 +935,10 @@ def score_arrays(
     model: str = "",
     workload: str = "",
     n_windows: int | None = None,
+    lens: str = "logit",
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Per-layer curves (schema ``scores``) and the headline summary dict.
+    """Per-layer curves (schema ``scores``, its ``lens`` column ``lens``) and the headline
+    summary dict.
 
     ``params`` is the validated config's ``score:`` section (plus optional
     ``seq_len`` and ``max_sequences`` from ``tokenize:``); ``n_windows`` the
@@ -965,7 +973,7 @@ def score_arrays(
     agree, correct = agree[first_exit:], correct[first_exit:]  # exits: layers 1..L only
     oracle = oracle_exits(agree, correct, docs, flops, str(params["state_cost"]))
     policies = exit_policies(arrays, agree, correct, docs, flops, params)
-    table = scores_table(arrays, curves, oracle, model, workload)
+    table = scores_table(arrays, curves, oracle, model, workload, lens)
     warnings = study_warnings(docs, n_windows, _requested_windows(params))
     for warning in warnings:
         log.warning("%s / %s: %s", model, workload, warning)
@@ -1021,8 +1029,13 @@ def score_lens(
     params: Mapping[str, Any],
     seed: int,
     workload: str | None = None,
+    translators: str | Path | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Score one (model, workload): returns the ``scores`` table and the summary.
+
+    Under the tuned lens (``params["lens"] == "tuned"``) ``translators`` is the model's
+    translators folder: the summary's ``translators_in_sample`` and a warning say whether
+    they trained on this workload's documents (:func:`translators_in_sample`).
 
     ``model_info`` is ``results/models/{model}.json`` (name, num_layers,
     layer_numbers, config); ``params`` the validated config's ``score:`` section
@@ -1065,9 +1078,56 @@ def score_lens(
         model=str(model_info.get("name", "")),
         workload=workload if workload is not None else tokens_path.stem,
         n_windows=len(lengths),
+        lens=lens,
     )
     summary["lens"] = lens
+    if lens == "tuned":
+        in_sample, warning = translators_in_sample(
+            translators, summary["workload"], summary["n_documents"]
+        )
+        summary["translators_in_sample"] = in_sample
+        if warning:
+            log.warning("%s / %s: %s", summary["model"], summary["workload"], warning)
+            summary["warnings"] = [*summary["warnings"], warning]
     return table, summary
+
+
+def translators_in_sample(
+    folder: str | Path | None, workload: str, n_documents: int
+) -> tuple[bool | None, str | None]:
+    """Whether the tuned lens's translators trained on documents of ``workload``, and the
+    score JSON's warning about it (None when there is nothing to say).
+
+    ``folder`` is ``results/translators/{model}``; its ``training_source.json`` (written
+    by :func:`exitbench.translators.build_translators`) names what they trained on: a hub
+    model trains on the calibration documents of each listed workload (score's own split,
+    so only where the workload has two or more documents), a zoo model on the zoo's training
+    split (False), a published ``tuned_lens`` folder on data we cannot see (None).
+    """
+    path = None if folder is None else Path(folder) / TRANSLATORS_SOURCE_FILE
+    try:
+        source = json.loads(path.read_text()) if path is not None else None
+    except (OSError, json.JSONDecodeError):
+        source = None
+    if not isinstance(source, Mapping):
+        return None, (
+            "the translators' training documents are unknown (no readable "
+            f"{TRANSLATORS_SOURCE_FILE} in the translators folder): the tuned lens's per-layer "
+            "curves and oracles may include them"
+        )
+    if "published" in source:
+        return None, (
+            f"the tuned lens is a published one ({source['published']}) whose training "
+            "documents are unknown: its per-layer curves and oracles may include them"
+        )
+    if workload in (source.get("workloads") or ()) and n_documents >= 2:
+        return True, (
+            f"the translators trained on the calibration documents of workload {workload!r}: "
+            "the tuned lens's per-layer curves and oracles (savings_first, savings_settled) "
+            "use all documents, so they are partly in-sample; its policies at the consistency "
+            "targets are held-out only (README, Tuned lens)"
+        )
+    return False, None
 
 
 # ---------------------------------------------------------------- writing
@@ -1121,10 +1181,13 @@ def score_files(
     seed: int,
     provenance: Mapping[str, Any] | None = None,
     workload: str | None = None,
+    translators: str | Path | None = None,
 ) -> dict[str, Any]:
     """File-to-file entry point for the score rule; returns the summary."""
     model_info = json.loads(Path(model_info_path).read_text())
-    table, summary = score_lens(lens_paths, tokens_path, model_info, params, seed, workload)
+    table, summary = score_lens(
+        lens_paths, tokens_path, model_info, params, seed, workload, translators
+    )
     write_scores(table, summary, parquet_path, json_path, provenance)
     log.info(
         "%s / %s: S_first %.3f, S_settled %.3f, savings@99 %.3f, @95 %.3f over %d tokens, "

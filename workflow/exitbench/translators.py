@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.pt"
 LOG_FILE = "training.json"
+#: What the translators trained on ({"workloads": [...], ...}, {"zoo_data": ...} or
+#: {"published": folder}), read by exitbench.score.translators_in_sample.
+SOURCE_FILE = "training_source.json"
 LOSS_FIGURE = "loss.png"
 LENS_TYPE = "linear_tuned_lens"
 PAD_ID = 0  # padded positions are masked out of the loss
@@ -537,7 +540,10 @@ def build_translators(
         key = f"models.{model_name}.tuned_lens"
         translators = load_translators(entry["tuned_lens"], lens, model_name, key)
         config = json.loads((Path(entry["tuned_lens"]) / CONFIG_FILE).read_text())
-        save_translators(translators, config, out_dir)
+        folder = save_translators(translators, config, out_dir)
+        # score_tuned reads what they trained on (score.translators_in_sample): unknown here
+        source = {"published": str(entry["tuned_lens"])}
+        (folder / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
         return {"model": model_name, "source": str(entry["tuned_lens"])}
     if zoo_data is not None:
         windows = zoo_windows(zoo_data, zoo_corpora)
@@ -557,6 +563,8 @@ def build_translators(
     config = lens_config(d_model, num_layers, base, entry.get("revision"))
     folder = save_translators(translators, config, out_dir, log)
     loss_figure(log, folder / LOSS_FIGURE, f"tuned-lens translators: {model_name}")
+    # score_tuned reads which workloads' documents they trained on (translators_in_sample)
+    (folder / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
     return {
         "model": model_name,
         "settings": asdict(settings),

@@ -38,13 +38,16 @@ rule score:
 
 
 # The same scoring of the tuned lens's shards (lenses: [logit, tuned]), beside the logit
-# lens's: its head checks also pay the translator, 2 d^2 FLOPs each.
+# lens's: its head checks also pay the translator, 2 d^2 FLOPs each; its JSON says whether
+# the translators trained on this workload's documents (translators_in_sample).
 use rule score as score_tuned with:
     input:
         shards=tuned_lens_shards,
         tokens="results/tokens/{model}/{workload}.parquet",
         model_info="results/models/{model}.json",
         workload="results/workloads/{workload}.json",
+        # its training_source.json: did they train on this workload's documents?
+        translators="results/translators/{model}",
     output:
         curves="results/scores-tuned/{model}/{workload}.parquet",
         headline="results/scores-tuned/{model}/{workload}.json",

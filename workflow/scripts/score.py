@@ -33,6 +33,8 @@ score.score_files(
     },
     seed=snakemake.params.seed,
     workload=snakemake.wildcards.workload,
+    # score_tuned: the translators folder says what they trained on (translators_in_sample)
+    translators=snakemake.input.get("translators"),
     provenance={
         "model_source": snakemake.params.source,
         "workload_sha256": workload_info.get("workload_sha256"),
