@@ -153,6 +153,7 @@ STAT_METRICS: tuple[str, ...] = (
     "consistency_savings_auc",
     "oracle_net_flop_savings",
     "net_flop_savings_at_99",
+    "best_net_flop_savings_at_99",
 )
 #: Architecture classes in display order (config ``models.<name>.arch``).
 ARCH_CLASSES: tuple[str, ...] = ("dense", "moe", "ssm", "hybrid")
