@@ -587,8 +587,9 @@ def _trend_rows(
 ) -> list[dict[str, Any]]:
     method = (
         f"OLS slope, t-based 95% CI (n >= {MIN_TREND_CI_MODELS}); Spearman rho, two-sided p "
-        f"exact over all n! orderings (n <= {SPEARMAN_EXACT_MAX_N}); one point per "
-        "independent model"
+        f"exact over all n! orderings (n <= {SPEARMAN_EXACT_MAX_N}), a seeded permutation "
+        f"test of {SPEARMAN_RESAMPLES} orderings (n <= {SPEARMAN_PERMUTATION_MAX_N}), "
+        "asymptotic t above; one point per independent model"
     )
     valid = rows[x_values.notna() & rows[metric].notna()]
     groups: list[tuple[str, pd.DataFrame]] = [("all", valid)]
