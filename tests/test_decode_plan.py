@@ -18,11 +18,14 @@ from exitbench.architectures import ARCHITECTURES, HYBRID_PLANS, decode_refusal
 pytestmark = pytest.mark.slow
 
 
-def test_decode_refuses_exactly_the_hybrid_types() -> None:
+def test_decode_refuses_exactly_the_hybrid_and_mixed_layer_types() -> None:
     refused = {t for t in ARCHITECTURES if decode_refusal(t)}
-    assert refused == {t for t, a in ARCHITECTURES.items() if a.plan in HYBRID_PLANS}
-    assert refused == {"jamba", "zamba2", "granitemoehybrid"}
+    assert refused == {
+        t for t, a in ARCHITECTURES.items() if a.plan in HYBRID_PLANS or a.mixed_layer_types
+    }
+    assert refused == {"jamba", "zamba2", "granitemoehybrid", "gemma2", "gemma3", "gemma3_text"}
     assert "'zamba2'" in decode_refusal("zamba2") and "hybrids" in decode_refusal("zamba2")
+    assert "'gemma3' interleaves layer types" in decode_refusal("gemma3")
 
 
 def test_a_hybrid_model_gets_no_decode_job(tmp_path, tiny_model_dirs) -> None:
