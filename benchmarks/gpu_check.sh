@@ -3,7 +3,7 @@
 # the extract benchmark in bfloat16 (floor, naive, eager, fused), the fused reduction's
 # agreement with eager (float32 1e-5, bfloat16 5e-2), the out-of-memory back-off under a
 # capped memory fraction, a tiny study through `snakemake --cores 4 --resources gpu=1`,
-# and benchmarks/decode_bench.py once it exists. Prints one summary table; JSON rows and
+# and benchmarks/decode_bench.py in bfloat16. Prints one summary table; JSON rows and
 # logs go to OUT_DIR (default: $OUT, else gpu_check_out/). Installs nothing, runs offline,
 # with `python` from PATH.
 #
