@@ -112,6 +112,9 @@ def test_every_stage_writes_its_contract(study):
         assert (results / "scores" / model / "docs.json").exists()
     summary = pq.read_table(results / "summary.parquet").to_pandas()
     assert sorted(summary["model"]) == ["tiny-gpt2", "tiny-llama", "tiny-mamba2"]
+    # realised decoding joins the summary: every pair was decoded (decode.workloads: all)
+    assert summary["decode_full_tokens_per_s"].gt(0).all()
+    assert summary["decode_speculative_pass_cost_speedup"].notna().all()
     for stem in ("agreement_curves", "tradeoff", "saturation_hist"):
         assert (study / "figures" / f"{stem}.png").stat().st_size > 0
         assert (study / "figures" / f"{stem}.pdf").stat().st_size > 0
