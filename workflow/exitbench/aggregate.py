@@ -767,21 +767,31 @@ def _curve_auc(weights: np.ndarray, curve: Sequence[np.ndarray]) -> np.ndarray:
         return consistency_savings_auc(savings, consistency)
 
 
+def _shared_documents(
+    ids_a: Sequence[Any], ids_b: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Indices into each model's per-document arrays of the documents both scored, in
+    sorted id order (the order the paired bootstrap draws over); None if none is shared."""
+    index_a = {d: i for i, d in enumerate(ids_a)}
+    index_b = {d: i for i, d in enumerate(ids_b)}
+    shared = sorted(set(index_a) & set(index_b))
+    if not shared:
+        return None
+    return np.array([index_a[d] for d in shared]), np.array([index_b[d] for d in shared])
+
+
 def _paired_curve_bootstrap(
     a: tuple[Any, ...], b: tuple[Any, ...], n_boot: int, rng: np.random.Generator
 ) -> dict[str, Any] | None:
     """:func:`paired_document_bootstrap` of a curve metric: each resample's curve and
     AUC are recomputed for both models from the same drawn documents."""
-    index_a = {d: i for i, d in enumerate(a[0])}
-    index_b = {d: i for i, d in enumerate(b[0])}
-    shared = sorted(set(index_a) & set(index_b))
-    if not shared:
+    aligned = _shared_documents(a[0], b[0])
+    if aligned is None:
         return None
-    ia = np.array([index_a[d] for d in shared])
-    ib = np.array([index_b[d] for d in shared])
+    ia, ib = aligned
     curve_a = [part[ia] for part in a[1:]]
     curve_b = [part[ib] for part in b[1:]]
-    n = len(shared)
+    n = len(ia)
     ones = np.ones((1, n))
     estimate = float(_curve_auc(ones, curve_b)[0] - _curve_auc(ones, curve_a)[0])
     out: dict[str, Any] = {"estimate": estimate, "n_documents": n}
@@ -825,19 +835,17 @@ def paired_document_bootstrap(
         if curve_a is None or curve_b is None:
             return None
         return _paired_curve_bootstrap(curve_a, curve_b, n_boot, rng)
-    index_a = {d: i for i, d in enumerate(a[0])}
-    index_b = {d: i for i, d in enumerate(b[0])}
-    shared = sorted(set(index_a) & set(index_b))
-    if not shared:
+    aligned = _shared_documents(a[0], b[0])
+    if aligned is None:
         return None
-    ia = np.array([index_a[d] for d in shared])
-    ib = np.array([index_b[d] for d in shared])
+    ia, ib = aligned
+    n = len(ia)
     num_a, den_a, num_b, den_b = a[1][ia], a[2][ia], b[1][ib], b[2][ib]
     with np.errstate(all="ignore"):
         estimate = num_b.sum() / den_b.sum() - num_a.sum() / den_a.sum()
-        out = {"estimate": float(estimate), "n_documents": len(shared)}
+        out = {"estimate": float(estimate), "n_documents": n}
         if n_boot > 0:
-            draws = rng.integers(0, len(shared), size=(n_boot, len(shared)))
+            draws = rng.integers(0, n, size=(n_boot, n))
             boot = num_b[draws].sum(1) / den_b[draws].sum(1)
             boot -= num_a[draws].sum(1) / den_a[draws].sum(1)
             boot = boot[np.isfinite(boot)]
